@@ -1,0 +1,221 @@
+"""One typed configuration, loaded from ``configs/<section>.yaml`` and overridden by flags.
+
+Every default value lives in the YAML files under ``configs/`` (the single source of truth); the dataclasses
+here only give those values names, types and documentation. ``load_config`` merges, in order: the section's
+YAML, an optional user file (``--config FILE``), then explicit overrides (CLI flags; ``None`` means "not
+given"), and checks every key and type so that a typo fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is malformed (unknown key, wrong type, missing value)."""
+
+
+def config_dir() -> Path:
+    """Folder holding the default YAML files: ``$RAYGENRE_CONFIG_DIR`` or the repo's ``configs/``."""
+    env = os.environ.get("RAYGENRE_CONFIG_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureParams:
+    """The feature contract: how audio becomes MFCC segments. Stored in features.json and model.json.
+
+    Training and labeling refuse features computed with different parameters.
+    """
+
+    sample_rate: int  # Hz; audio is resampled to this rate before anything else
+    n_mfcc: int  # MFCC coefficients per frame
+    n_fft: int  # STFT window, samples
+    hop_length: int  # STFT hop, samples
+    n_mels: int  # mel bands (slaney scale and norm, as librosa)
+    segment_seconds: float  # length of one segment, seconds
+
+    @property
+    def segment_samples(self) -> int:
+        """Samples in one segment (66150 at the defaults)."""
+        return int(round(self.sample_rate * self.segment_seconds))
+
+    @property
+    def frames(self) -> int:
+        """MFCC frames in one full segment with ``center=True`` (130 at the defaults)."""
+        return 1 + self.segment_samples // self.hop_length
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    """How tracks (never segments) are assigned to train/val/test."""
+
+    method: str  # "stratified" (seeded, per genre) or "lists" (public GTZAN filtered lists)
+    train: float  # fractions for "stratified"; must sum to 1
+    val: float
+    test: float
+    lists_dir: str | None  # folder with train_filtered.txt, valid_filtered.txt, test_filtered.txt
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturizeConfig:
+    """``raygenre featurize``: audio dataset -> Parquet MFCC table + features.json."""
+
+    features: FeatureParams
+    segments: int  # segments cut from the start of each track, back to back
+    split: SplitConfig
+    tracks_per_batch: int  # tracks per Ray Data batch (decode + MFCC happen per batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthConfig:
+    """``raygenre synth``: the built-in synthetic dataset in GTZAN layout (not real music)."""
+
+    tracks_per_genre: int
+    seconds: float  # nominal track length; with faults on, lengths vary around it
+    sample_rate: int
+    seed: int
+    faults: bool  # add GTZAN's real-world faults: a corrupt file, a truncated one, varying lengths
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """``raygenre train``: one model trained data-parallel on Ray Train."""
+
+    model: str  # ann | cnn | lstm
+    epochs: int
+    workers: int
+    gpu: bool
+    lr: float
+    batch_size: int
+    dropout: float
+    weight_decay: float | None  # L2 on the dense weights; None = the tutorial's (ann 1e-3, cnn/lstm 0)
+    hidden: int | None  # first dense width (ann) / dense width (cnn) / LSTM size (lstm); None = tutorial's
+    patience: int  # early stopping: epochs without val-loss improvement
+    max_failures: int  # worker failures tolerated (resume from the last checkpoint)
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    """``raygenre tune``: hyperparameter search over the models with Ray Tune."""
+
+    models: list[str]
+    num_samples: int  # trials per model
+    max_epochs: int
+    workers_per_trial: int
+    gpus_per_trial: float
+    max_concurrent: int  # 0 = derive from the cluster's resources
+    grace_period: int  # ASHA: epochs every trial gets
+    reduction_factor: int  # ASHA
+    search_alg: str  # "random" (default); "optuna"/"hyperopt" if installed
+    seed: int
+    search_spaces: dict[str, dict[str, Any]]  # per model: {param: {type: loguniform|choice|uniform, ...}}
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelConfig:
+    """``raygenre label``: batch inference over an audio library."""
+
+    format: str  # parquet | csv | jsonl
+    segments_per_track: int  # segments spread evenly across each file
+    batch_size: int  # files per model batch
+    gpu: bool
+    actors: int  # model actors (0 = derive from the cluster)
+    files_per_part: int  # rows per output part file (each part is written atomically)
+    extensions: list[str]
+
+
+SECTIONS: dict[str, type] = {
+    "featurize": FeaturizeConfig,
+    "synth": SynthConfig,
+    "train": TrainConfig,
+    "tune": TuneConfig,
+    "label": LabelConfig,
+}
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if value is None:
+            continue  # "not given on the command line"
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is Any:
+        if origin is dict and not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str) and not isinstance(value, tp) or isinstance(value, bool) and tp is not bool:
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type[T], data: Any, where: str) -> T:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+    missing = sorted(names - set(data))
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {missing}")
+    return cls(**{k: _coerce(data[k], hints[k], f"{where}.{k}") for k in names})  # type: ignore[call-arg]
+
+
+def load_config(section: str, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Any:
+    """Load ``configs/<section>.yaml``, merge ``path`` (a user YAML) and ``overrides``; return the dataclass.
+
+    Overrides may be nested (``{"features": {"n_mfcc": 20}}``); ``None`` values are ignored.
+    """
+    cls = SECTIONS[section]
+    default_file = config_dir() / f"{section}.yaml"
+    data = yaml.safe_load(default_file.read_text()) or {}
+    if path is not None:
+        user = yaml.safe_load(Path(path).read_text()) or {}
+        data = _merge(data, user)
+    data = _merge(data, overrides or {})
+    return _build(cls, data, section)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The dataclass as plain YAML/JSON-ready data (what gets saved beside a run)."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,46 @@
+"""The workspace (``$RAYGENRE_HOME``, default ``~/.raygenre``): the built-in dataset, its features, models.
+
+Layout::
+
+    $RAYGENRE_HOME/datasets/synthetic-gtzan/    the built-in synthetic dataset (NOT real music)
+    $RAYGENRE_HOME/features/synthetic-gtzan/    its Parquet MFCC table + features.json
+    $RAYGENRE_HOME/runs/<command>-<time>/       train / tune runs
+    $RAYGENRE_HOME/models/best/                 the default model used by `raygenre label`
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+SYNTHETIC_NOTICE = "synthetic data: procedural audio, NOT real music; numbers from it say nothing about real genres"
+
+
+def home() -> Path:
+    """``$RAYGENRE_HOME`` or ``~/.raygenre``."""
+    return Path(os.environ.get("RAYGENRE_HOME") or Path.home() / ".raygenre").expanduser()
+
+
+def builtin_dataset_dir() -> Path:
+    return home() / "datasets" / "synthetic-gtzan"
+
+
+def builtin_features_dir() -> Path:
+    return home() / "features" / "synthetic-gtzan"
+
+
+def default_model_dir() -> Path:
+    """Where `raygenre tune` (and `train --set-default`) put the model `raygenre label` uses by default."""
+    return home() / "models" / "best"
+
+
+def new_run_dir(command: str) -> Path:
+    """A fresh, time-stamped run folder under the workspace."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = home() / "runs" / f"{command}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = home() / "runs" / f"{command}-{stamp}-{n}"
+    return path
