@@ -11,6 +11,7 @@ Every failure is an ``AudioError`` whose ``reason`` is a short sentence a user c
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,28 +64,34 @@ def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return soxr.resample(y, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
 
 
-def _fallback_info(path: str) -> AudioInfo:
+def _fallback_info(path: str, sf_error: str) -> AudioInfo:
     import audioread  # librosa's decoder back end (ffmpeg / gstreamer)
 
     try:
         with audioread.audio_open(path) as f:
             sr, ch, dur = int(f.samplerate), int(f.channels), float(f.duration)
     except Exception as exc:  # noqa: BLE001 - audioread raises many unrelated types
-        raise AudioError(_describe(exc, path)) from exc
+        raise AudioError(_describe(exc, path, sf_error)) from exc
     if sr <= 0 or dur <= 0:
-        raise AudioError("no audio stream found (not an audio file, or corrupt)")
+        raise AudioError(f"corrupt or not audio ({Path(path).suffix.lower()}): no audio stream found")
     return AudioInfo(sample_rate=sr, channels=ch, frames=int(dur * sr), seekable=False)
 
 
-def _describe(exc: Exception, path: str) -> str:
+NEEDS_FFMPEG = (".m4a", ".aac", ".mp4", ".wma")
+
+
+def _describe(exc: Exception, path: str, sf_error: str = "") -> str:
+    """One readable sentence for a decode failure (both decoders' view when both failed)."""
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    ext = Path(path).suffix.lower()
+    ext = Path(path).suffix.lower() or "file without extension"
     if isinstance(exc, PermissionError):
         return "permission denied: the file is not readable by this user"
-    if "NoBackendError" in type(exc).__name__ or "no backend" in msg.lower():
-        return (f"unsupported or corrupt {ext or 'file'}: no decoder could read it "
-                f"(install ffmpeg for M4A/AAC; otherwise the file is damaged or not audio)")
-    return f"corrupt or not audio ({ext or 'no extension'}): {msg}"
+    if ext in NEEDS_FFMPEG and shutil.which("ffmpeg") is None:
+        return f"cannot decode {ext}: it needs ffmpeg, which is not installed (apt-get install ffmpeg)"
+    if "NoBackendError" in type(exc).__name__:
+        msg = "ffmpeg could not decode it either"
+    detail = f"{sf_error}; {msg}" if sf_error else msg
+    return f"corrupt or not audio ({ext}): {detail}"
 
 
 def info(path: str | os.PathLike[str]) -> AudioInfo:
@@ -97,8 +104,8 @@ def info(path: str | os.PathLike[str]) -> AudioInfo:
             raise AudioError("no audio frames in the file (truncated or empty data chunk)")
         return AudioInfo(sample_rate=int(i.samplerate), channels=int(i.channels), frames=int(i.frames),
                          seekable=True)
-    except sf.LibsndfileError:
-        return _fallback_info(path)
+    except sf.LibsndfileError as exc:
+        return _fallback_info(path, f"libsndfile: {exc.error_string}")
     except PermissionError as exc:
         raise AudioError(_describe(exc, path)) from exc
 

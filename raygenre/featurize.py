@@ -1,0 +1,223 @@
+"""``raygenre featurize``: a GTZAN-layout dataset -> a Parquet MFCC table + ``features.json``, on Ray Data.
+
+Pipeline: discover tracks (driver, small) -> assign splits per track -> Ray Data ``from_items`` ->
+``map_batches`` (decode, mono, resample, cut segments, torchaudio MFCC in batches) -> Parquet.
+
+Layout: ``OUT/segments/*.parquet`` (the table) and ``OUT/features.json`` (the manifest) beside it.
+Table: one row per segment with ``track_id``, ``genre``, ``label`` (int32), ``segment`` (int32), ``split``,
+``mfcc`` (float32 tensor (frames, n_mfcc)). Plain pyarrow reads ``mfcc`` as a flat list column whose field
+metadata holds the shape; ``read_mfcc_table`` reshapes it.
+
+Bad files never stop the run: each reject is recorded in the manifest with its reason. The table is built
+in a hidden temporary folder and moved into place with ``features.json`` (written last), so an interrupted
+run leaves nothing that looks finished, and a rerun starts clean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raygenre import __version__, storage
+from raygenre.audio import AudioError, load
+from raygenre.config import FeatureParams, FeaturizeConfig, to_dict
+from raygenre.features import MfccExtractor, cut_segments, mfcc_of_segments
+from raygenre.gtzan import DatasetError, assign_splits, discover
+
+MANIFEST = "features.json"
+TABLE = "segments"  # the Parquet dataset's folder inside the output; the manifest sits beside it
+MIN_SEGMENTS_PER_TRACK = 1  # a track with no full segment is a reject ("too short")
+
+
+class FeatureMismatchError(ValueError):
+    """Features on disk were computed with parameters other than the ones required."""
+
+
+@dataclass
+class FeaturizeResult:
+    """What a featurize run produced (the manifest, plus where it is)."""
+
+    out: str
+    manifest: dict[str, Any]
+    skipped: bool = False  # True when a finished table with the same parameters was already there
+    rejects: list[dict[str, str]] = field(default_factory=list)
+
+
+@functools.lru_cache(maxsize=4)
+def _extractor(params: FeatureParams) -> MfccExtractor:
+    """One MFCC transform per worker process and parameter set (tasks reuse their worker process)."""
+    return MfccExtractor(params)
+
+
+def featurize_batch(batch: dict[str, np.ndarray], params: FeatureParams, segments: int) -> dict[str, np.ndarray]:
+    """Ray Data task: a batch of tracks -> one row per kept segment, or one placeholder row per rejected track.
+
+    Placeholder rows carry the reject reason in ``error`` (and ``segment == -1``); they keep the block's
+    columns uniform and are filtered out before writing.
+    """
+    p = params
+    extractor = _extractor(params)
+    rows: dict[str, list[Any]] = {k: [] for k in
+                                  ("track_id", "genre", "label", "split", "segment", "error", "dropped")}
+    mfccs: list[np.ndarray] = []
+    for path, track_id, genre, label, split in zip(batch["path"], batch["track_id"], batch["genre"],
+                                                   batch["label"], batch["split"], strict=True):
+        try:
+            y = load(path, p.sample_rate)
+            pieces, index, dropped = cut_segments(y, p, segments)
+            if len(pieces) < MIN_SEGMENTS_PER_TRACK:
+                raise AudioError(f"too short: {y.size / p.sample_rate:.2f} s of audio, "
+                                 f"a segment needs {p.segment_seconds:g} s")
+            feats = mfcc_of_segments(pieces, extractor)
+            error = None
+        except AudioError as exc:
+            index, dropped, error = [-1], 0, exc.reason
+            feats = np.zeros((1, p.frames, p.n_mfcc), dtype=np.float32)
+        for seg in index:
+            rows["track_id"].append(track_id)
+            rows["genre"].append(genre)
+            rows["label"].append(label)
+            rows["split"].append(split)
+            rows["segment"].append(seg)
+            rows["error"].append(error)
+            rows["dropped"].append(dropped if seg == index[0] else 0)
+        mfccs.append(feats)
+    out = {k: np.asarray(v, dtype=object) for k, v in rows.items() if k in ("track_id", "genre", "split",
+                                                                         "error")}
+    out["label"] = np.asarray(rows["label"], dtype=np.int32)
+    out["segment"] = np.asarray(rows["segment"], dtype=np.int32)
+    out["dropped"] = np.asarray(rows["dropped"], dtype=np.int32)
+    out["mfcc"] = np.concatenate(mfccs).astype(np.float32, copy=False)
+    return out
+
+
+def _counts(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (split, genre), n in sorted(Counter((r["split"], r["genre"]) for r in rows if key in r).items()):
+        out.setdefault(split, {})[genre] = n
+    return out
+
+
+def read_manifest(features_dir: str) -> dict[str, Any]:
+    """Read ``features.json`` of a finished table; a clear error when the table is missing or unfinished."""
+    path = storage.join(features_dir, MANIFEST)
+    if not storage.exists(path):
+        raise FileNotFoundError(
+            f"{features_dir} is not a finished feature table (no {MANIFEST}). "
+            f"Run `raygenre featurize DATASET --out {features_dir}` first."
+        )
+    import json
+
+    return json.loads(storage.read_text(path))
+
+
+def check_features(manifest: dict[str, Any], expected: FeatureParams, what: str = "this model") -> None:
+    """Refuse features whose parameters differ from ``expected`` (e.g. a model trained on other MFCCs)."""
+    have = manifest.get("features", {})
+    want = dataclasses.asdict(expected)
+    diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+    if diff:
+        details = ", ".join(f"{k}: table has {a!r}, {what} needs {b!r}" for k, (a, b) in diff.items())
+        raise FeatureMismatchError(f"feature parameters differ ({details}). Re-run `raygenre featurize` "
+                                   f"with matching options, or use a model trained on these features.")
+
+
+def table_path(features_dir: str) -> str:
+    """The Parquet dataset inside a feature folder (pass it to ``ray.data.read_parquet`` or pyarrow)."""
+    return storage.join(features_dir, TABLE)
+
+
+def read_mfcc_table(features_dir: str) -> tuple[pa.Table, np.ndarray]:
+    """Read the table with plain pyarrow (no Ray): (table without ``mfcc``, mfcc float32 (rows, frames, n_mfcc))."""
+    manifest = read_manifest(features_dir)
+    fs, inner = storage.resolve(table_path(features_dir))
+    table = pq.read_table(inner, filesystem=fs)
+    col = table.column("mfcc").combine_chunks()
+    flat = col.storage.flatten() if isinstance(col.type, pa.ExtensionType) else col.flatten()
+    shape = (manifest["frames"], manifest["features"]["n_mfcc"])
+    mfcc = flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(table), *shape)
+    return table.drop_columns(["mfcc"]), mfcc
+
+
+def featurize(dataset: str, out: str, cfg: FeaturizeConfig, *, address: str | None = None,
+              overwrite: bool = False, synthetic: bool | None = None) -> FeaturizeResult:
+    """Featurize ``dataset`` into ``out`` (local path or URI). Raises ``DatasetError`` if nothing is usable.
+
+    A finished table at ``out`` with identical parameters is kept (``skipped=True``) unless ``overwrite``.
+    ``synthetic`` defaults to whether the dataset carries the synthetic generator's ``SYNTHETIC.md``.
+    """
+    import ray
+
+    from raygenre.runtime import ensure_ray
+
+    t0 = time.time()
+    tracks, genres = discover(dataset)  # raises DatasetError with what to do
+    root = str(dataset)
+    if synthetic is None:
+        synthetic = storage.exists(storage.join(root, "SYNTHETIC.md"))
+    params_block = {"features": dataclasses.asdict(cfg.features), "segments": cfg.segments,
+                    "split": dataclasses.asdict(cfg.split)}
+    if not overwrite and storage.exists(storage.join(out, MANIFEST)):
+        old = read_manifest(out)
+        if {k: old.get(k) for k in params_block} == params_block and old.get("dataset") == root:
+            return FeaturizeResult(out=out, manifest=old, skipped=True, rejects=old.get("rejects", []))
+
+    split_of, excluded = assign_splits(tracks, cfg.split)
+    label_of = {g: i for i, g in enumerate(genres)}
+    items = [{"path": t.path, "track_id": t.track_id, "genre": t.genre, "label": label_of[t.genre],
+              "split": split_of[t.track_id]} for t in tracks if t.track_id in split_of]
+
+    ensure_ray(address)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // cfg.tracks_per_batch, 200)))
+    ds = ds.map_batches(featurize_batch, fn_kwargs={"params": cfg.features, "segments": cfg.segments},
+                        batch_size=cfg.tracks_per_batch, batch_format="numpy", num_cpus=1)
+    ds = ds.materialize()  # decoded once; the table and the summary both read from it
+
+    summary = ds.select_columns(["track_id", "genre", "split", "segment", "error", "dropped"]).take_all()
+    rejects = [{"track_id": r["track_id"], "genre": r["genre"], "reason": r["error"]}
+               for r in summary if r["error"] is not None]
+    good = [r for r in summary if r["error"] is None]
+    if not good:
+        raise DatasetError(f"no usable audio in {dataset}: all {len(items)} tracks were rejected "
+                           f"(first reason: {rejects[0]['reason'] if rejects else 'n/a'})")
+    seen_tracks: dict[tuple[str, str, str], int] = {}
+    for r in good:
+        seen_tracks[(r["split"], r["genre"], r["track_id"])] = 1
+    track_rows = [{"split": s, "genre": g, "tracks": 1} for (s, g, _t) in seen_tracks]
+    manifest: dict[str, Any] = {
+        "raygenre_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "dataset": root,
+        "synthetic": bool(synthetic),
+        **params_block,
+        "frames": cfg.features.frames,
+        "genres": genres,
+        "columns": ["track_id", "genre", "label", "segment", "split", "mfcc"],
+        "counts": {
+            "tracks": _counts(track_rows, "tracks"),
+            "segments": _counts(good, "segment"),
+            "tracks_total": len(seen_tracks),
+            "segments_total": len(good),
+            "dropped_segments": int(sum(r["dropped"] for r in good)),
+            "excluded_tracks": excluded,
+            "rejected_tracks": len(rejects),
+        },
+        "rejects": rejects,
+        "config": to_dict(cfg),
+        "seconds": None,
+    }
+    with storage.atomic_dir(out) as tmp:
+        table = ds.filter(expr="segment >= 0").drop_columns(["error", "dropped"])
+        tmp_fs, tmp_inner = storage.resolve(storage.join(tmp, TABLE))
+        table.write_parquet(tmp_inner, filesystem=tmp_fs)
+        manifest["seconds"] = round(time.time() - t0, 2)
+        storage.write_json_atomic(storage.join(tmp, MANIFEST), manifest)  # last: marks the table finished
+    return FeaturizeResult(out=out, manifest=manifest, rejects=rejects)
