@@ -1,0 +1,705 @@
+"""Kubernetes manifests (k8s/), the Dockerfile and the `ray job submit` runtime envs (jobs/), checked offline.
+
+The manifests are templates: ``k8s/render.sh`` fills their ``${RAYGENRE_...}`` placeholders from
+``k8s/values.env`` (the one place for the image, the storage URI and the GPU count). Every rendered document
+must validate against KubeRay v1.7.0's CRD schemas (``$RAYGENRE_SHARED_DIR/kuberay/ray.io_*.yaml``) the way the
+API server does under kubectl's default strict field validation (unknown fields are errors), pass a few of the
+KubeRay operator's own spec checks, and follow the deployment policy: private head, non-root containers,
+requests and limits everywhere, GPU workers that request GPUs and tolerate GPU taints, one image.
+
+What this cannot check offline: the CEL rules (``x-kubernetes-validations``) of the CRDs (the test asserts the
+manifests set none of the fields that carry them), admission webhooks, whether the image exists or builds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import zipfile
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+K8S = REPO / "k8s"
+JOBS = REPO / "jobs"
+VALUES = K8S / "values.env"
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
+# KubeRay's own limits (ray-operator/controllers/ray/utils/constant.go, v1.7.0).
+MAX_NAME = {"RayCluster": 53, "RayJob": 47}
+JOB_COMMANDS = {"featurize", "train", "tune", "label"}
+PLACEHOLDER = re.compile(r"\$\{(RAYGENRE_[A-Z0-9_]+)\}")
+DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+
+
+# ------------------------------------------------------------------------------------------ values + rendering
+def read_values(path: Path = VALUES) -> dict[str, str]:
+    """``KEY=value`` lines of a values file (comments and blank lines skipped), as k8s/render.sh reads them."""
+    values: dict[str, str] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        assert sep and re.fullmatch(r"RAYGENRE_[A-Z0-9_]+", key), f"{path}:{n}: not a RAYGENRE_NAME=value line"
+        values[key] = value
+    return values
+
+
+def render(text: str, values: dict[str, str], where: str = "") -> str:
+    """Replace ``${KEY}`` by its value; an undefined ``${RAYGENRE_...}`` is an error (as in k8s/render.sh)."""
+    for key, value in values.items():
+        text = text.replace("${" + key + "}", value)
+    left = PLACEHOLDER.search(text)
+    if left:
+        raise KeyError(f"{where}: {left.group(0)} is not defined in the values file")
+    return text
+
+
+def manifest_files() -> list[Path]:
+    return sorted([*K8S.rglob("*.yaml"), *K8S.rglob("*.yml")])
+
+
+@cache
+def rendered_docs() -> tuple[tuple[str, dict[str, Any]], ...]:
+    """(where, document) for every YAML document under k8s/, rendered with k8s/values.env."""
+    values = read_values()
+    docs = []
+    for path in manifest_files():
+        rel = path.relative_to(REPO)
+        for i, doc in enumerate(yaml.safe_load_all(render(path.read_text(), values, str(rel)))):
+            if doc is not None:
+                docs.append((f"{rel}#{i}", doc))
+    return tuple(docs)
+
+
+def docs_of(kind: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(w, d) for w, d in rendered_docs() if d.get("kind") == kind]
+
+
+def job_named(command: str) -> dict[str, Any]:
+    matches = [d for _, d in docs_of("RayJob") if d["metadata"]["name"] == f"raygenre-{command}"]
+    assert len(matches) == 1, f"expected one RayJob raygenre-{command}, found {len(matches)}"
+    return matches[0]
+
+
+def cluster_specs() -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, RayClusterSpec) of the RayCluster and of every RayJob's rayClusterSpec."""
+    for where, doc in rendered_docs():
+        if doc.get("kind") == "RayCluster":
+            yield where, doc["spec"]
+        elif doc.get("kind") == "RayJob":
+            yield f"{where} rayClusterSpec", doc["spec"]["rayClusterSpec"]
+
+
+def pod_templates() -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, pod template) of every head, worker group and RayJob submitter."""
+    for where, spec in cluster_specs():
+        yield f"{where} head", spec["headGroupSpec"]["template"]
+        for group in spec.get("workerGroupSpecs", []):
+            yield f"{where} group {group['groupName']}", group["template"]
+    for where, doc in docs_of("RayJob"):
+        if "submitterPodTemplate" in doc["spec"]:
+            yield f"{where} submitter", doc["spec"]["submitterPodTemplate"]
+
+
+def containers() -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, container) for every container and init container, plus each autoscaler sidecar's options."""
+    for where, template in pod_templates():
+        for field in ("containers", "initContainers"):
+            for c in template["spec"].get(field, []):
+                yield f"{where} {field[:-1]} {c['name']}", c
+    for where, spec in cluster_specs():
+        if spec.get("enableInTreeAutoscaling"):
+            yield f"{where} autoscaler", spec.get("autoscalerOptions", {})
+
+
+# -------------------------------------------------------------------------------------------- CRD validation
+def shared_kuberay_dir() -> Path:
+    return Path(os.environ.get("RAYGENRE_SHARED_DIR", REPO.parent / "shared")) / "kuberay"
+
+
+def k8s_schema(node: Any, cel_paths: list[str], path: str = "") -> Any:
+    """An OpenAPI v3 CRD schema as a JSON Schema (2020-12) that behaves like the API server's checks.
+
+    ``x-kubernetes-int-or-string`` -> integer or string; ``nullable`` -> also null; ``format: int32/int64`` ->
+    range; ``x-kubernetes-list-type: set`` -> unique items; objects with ``properties`` reject unknown fields
+    unless ``x-kubernetes-preserve-unknown-fields`` (kubectl's default ``--validate=strict``). CEL rules
+    (``x-kubernetes-validations``) cannot be evaluated here: their paths are collected in ``cel_paths``.
+    """
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "properties":
+            out[key] = {k: k8s_schema(v, cel_paths, f"{path}.{k}") for k, v in value.items()}
+        elif key == "items" and isinstance(value, dict):
+            out[key] = k8s_schema(value, cel_paths, f"{path}[]")
+        elif key == "additionalProperties" and isinstance(value, dict):
+            out[key] = k8s_schema(value, cel_paths, f"{path}{{}}")
+        elif key in ("anyOf", "allOf", "oneOf"):
+            out[key] = [k8s_schema(v, cel_paths, path) for v in value]
+        elif key == "not":
+            out[key] = k8s_schema(value, cel_paths, path)
+        elif key == "x-kubernetes-validations":
+            cel_paths.append(path)
+        elif key != "description":
+            out[key] = value
+    if node.get("x-kubernetes-int-or-string") and "anyOf" not in out:
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if node.get("nullable") and isinstance(out.get("type"), str):
+        out["type"] = [out["type"], "null"]
+    bits = {"int32": 31, "int64": 63}.get(node.get("format", ""))
+    if bits and node.get("type") == "integer":
+        out["minimum"] = max(out.get("minimum", -(2**bits)), -(2**bits))
+        out["maximum"] = min(out.get("maximum", 2**bits - 1), 2**bits - 1)
+    if node.get("x-kubernetes-list-type") == "set":
+        out["uniqueItems"] = True
+    if ("properties" in out and "additionalProperties" not in out
+            and not node.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    return out
+
+
+def _list_map_keys(validator: Any, keys: list[str], instance: Any, schema: dict[str, Any]) -> Iterator[Any]:
+    """``x-kubernetes-list-type: map``: no two items may share their key fields (defaults applied)."""
+    if not validator.is_type(instance, "array"):
+        return
+    props = schema.get("items", {}).get("properties", {})
+    seen: dict[tuple[Any, ...], int] = {}
+    for i, item in enumerate(instance):
+        if not isinstance(item, dict):
+            continue
+        key = tuple(item.get(k, props.get(k, {}).get("default")) for k in keys)
+        if key in seen:
+            yield jsonschema.ValidationError(
+                f"items {seen[key]} and {i} have the same key {dict(zip(keys, key, strict=True))}")
+        seen.setdefault(key, i)
+
+
+K8sValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator,
+                                            {"x-kubernetes-list-map-keys": _list_map_keys})
+
+
+def object_schema(kind: str, crd_schema: dict[str, Any]) -> dict[str, Any]:
+    """The CRD's v1 schema plus what the API server checks itself: apiVersion, kind and ObjectMeta."""
+    schema = dict(crd_schema)
+    schema["required"] = ["apiVersion", "kind", "metadata", "spec"]
+    props = dict(schema["properties"])
+    props["apiVersion"] = {"const": "ray.io/v1"}
+    props["kind"] = {"const": kind}
+    string_map = {"type": "object", "additionalProperties": {"type": "string"}}
+    props["metadata"] = {
+        "type": "object",
+        "required": ["name"],
+        "additionalProperties": False,
+        "properties": {
+            # KubeRay rejects names that are not DNS-1035 labels or longer than these.
+            "name": {"type": "string", "pattern": DNS1035.pattern, "maxLength": MAX_NAME[kind]},
+            "namespace": {"type": "string", "pattern": DNS1035.pattern.replace("[a-z]([", "[a-z0-9]([")},
+            "labels": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 63,
+                                                                  "pattern": LABEL_VALUE}},
+            "annotations": string_map,
+        },
+    }
+    schema["properties"] = props
+    return schema
+
+
+@pytest.fixture(scope="module")
+def validators() -> dict[str, Any]:
+    """kind -> (validator, CEL paths), from the KubeRay CRDs in the shared folder."""
+    folder = shared_kuberay_dir()
+    missing = [name for name in CRD_FILES.values() if not (folder / name).is_file()]
+    if missing:
+        message = (f"KubeRay CRD schemas missing in {folder}: {', '.join(missing)}. They are needed to validate "
+                   "k8s/ offline: put KubeRay v1.7.0's ray-operator/config/crd/bases/ files there, point "
+                   "RAYGENRE_SHARED_DIR at the folder holding kuberay/, or set RAYGENRE_ALLOW_MISSING_SHARED=1 "
+                   "to skip the schema checks.")
+        if os.environ.get("RAYGENRE_ALLOW_MISSING_SHARED") == "1":
+            pytest.skip(message)
+        pytest.fail(message)
+    out = {}
+    for kind, name in CRD_FILES.items():
+        with open(folder / name) as f:
+            crd = yaml.load(f, Loader=LOADER)
+        assert crd["spec"]["names"]["kind"] == kind, f"{name} is not the {kind} CRD"
+        version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+        cel: list[str] = []
+        schema = object_schema(kind, k8s_schema(version["schema"]["openAPIV3Schema"], cel))
+        out[kind] = (K8sValidator(schema), cel)
+    return out
+
+
+def json_path(parts: Any) -> str:
+    text = ""
+    for p in parts:
+        text += f"[{p}]" if isinstance(p, int) else (f".{p}" if text else str(p))
+    return text or "<document>"
+
+
+def schema_errors(doc: dict[str, Any], validators: dict[str, Any]) -> list[str]:
+    """Readable schema violations of one document: ``path: message``; empty when valid."""
+    kind = doc.get("kind")
+    if kind not in validators:
+        return [f"kind: {kind!r} is not one of {sorted(validators)} (no CRD schema to check it against)"]
+    validator, _ = validators[kind]
+    errors = sorted(validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path])
+    return [f"{json_path(e.absolute_path)}: {e.message}" for e in errors]
+
+
+def instance_paths(node: Any, path: str = "") -> Iterator[str]:
+    """Schema-style paths (``.a.b[]``) of every value set in a document."""
+    yield path
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from instance_paths(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for v in node:
+            yield from instance_paths(v, f"{path}[]")
+
+
+# --------------------------------------------------------------------------- the operator's own spec checks
+def quantity(value: Any) -> float:
+    """A Kubernetes resource quantity ("500m", "8Gi", 2, "1e3") as a number."""
+    m = re.fullmatch(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)([KMGTPE]i|[numkMGTPE])?", str(value))
+    assert m, f"not a Kubernetes quantity: {value!r}"
+    factor = {None: 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
+              "E": 1e18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}[m.group(2)]
+    return float(m.group(1)) * factor
+
+
+def operator_errors(doc: dict[str, Any]) -> list[str]:
+    """A subset of KubeRay's ValidateRayClusterSpec / ValidateRayJobSpec and of the pod rules kubelet enforces."""
+    errs: list[str] = []
+    spec = doc["spec"]
+    if doc["kind"] == "RayJob":
+        if spec.get("activeDeadlineSeconds") is not None and spec["activeDeadlineSeconds"] <= 0:
+            errs.append("activeDeadlineSeconds must be a positive integer")
+        if spec.get("ttlSecondsAfterFinished", 0) < 0:
+            errs.append("ttlSecondsAfterFinished must be non-negative")
+        if not spec.get("rayClusterSpec") and not spec.get("clusterSelector"):
+            errs.append("one of rayClusterSpec or clusterSelector must be set")
+        spec = spec.get("rayClusterSpec") or {}
+    if not spec:
+        return errs
+    if (spec.get("authOptions") or {}).get("mode") == "token":
+        version = tuple(int(x) for x in re.findall(r"\d+", spec.get("rayVersion", "0"))[:3])
+        if version < (2, 52, 0):
+            errs.append(f"authOptions.mode token needs rayVersion >= 2.52.0, got {spec.get('rayVersion')!r}")
+    groups = [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec.get("workerGroupSpecs", [])]
+    names = [n for n, _ in groups[1:]]
+    if len(set(names)) != len(names):
+        errs.append(f"worker group names are not unique: {names}")
+    for name, group in groups:
+        pod = group["template"]["spec"]
+        if not pod.get("containers"):
+            errs.append(f"group {name}: the pod template has no container")
+        clash = set(group.get("rayStartParams", {})) & {"num-cpus", "num-gpus", "memory", "resources"} & {
+            k.replace("_", "-") for k in group.get("resources", {})}
+        if clash:
+            errs.append(f"group {name}: {sorted(clash)} set in both rayStartParams and resources")
+        if name != "head":
+            lo, hi, n = group.get("minReplicas", 0), group.get("maxReplicas", 2**31 - 1), group.get("replicas", 0)
+            if not spec.get("enableInTreeAutoscaling") and ("minReplicas" not in group or "maxReplicas" not in group):
+                errs.append(f"group {name}: minReplicas and maxReplicas are required without autoscaling")
+            if lo < 0 or hi < 0 or lo > hi or not lo <= n <= hi:
+                errs.append(f"group {name}: need 0 <= minReplicas ({lo}) <= replicas ({n}) <= maxReplicas ({hi})")
+        volumes = {v["name"] for v in pod.get("volumes", [])}
+        for c in pod.get("containers", []) + pod.get("initContainers", []):
+            for m in c.get("volumeMounts", []):
+                if m["name"] not in volumes:
+                    errs.append(f"group {name} container {c['name']}: volumeMount {m['name']!r} has no volume")
+            req, lim = c.get("resources", {}).get("requests", {}), c.get("resources", {}).get("limits", {})
+            for res in set(req) | set(lim):
+                if "/" in res and req.get(res) != lim.get(res):  # extended resources (nvidia.com/gpu)
+                    errs.append(f"group {name} container {c['name']}: {res} requests must equal limits")
+                elif res in req and res in lim and quantity(req[res]) > quantity(lim[res]):
+                    errs.append(f"group {name} container {c['name']}: {res} request exceeds its limit")
+    return errs
+
+
+# ===================================================================================================== tests
+def test_values_file_defines_every_placeholder_and_only_used_ones() -> None:
+    values = read_values()
+    assert set(values) >= {"RAYGENRE_IMAGE", "RAYGENRE_STORAGE", "RAYGENRE_GPU_WORKERS"}
+    used = {m for p in manifest_files() for m in PLACEHOLDER.findall(p.read_text())}
+    assert used - set(values) == set(), f"placeholders without a value in {VALUES.name}: {used - set(values)}"
+    assert set(values) - used == set(), f"values no manifest uses: {set(values) - used}"
+    assert int(values["RAYGENRE_GPU_WORKERS"]) >= 1 and int(values["RAYGENRE_CPU_WORKERS"]) >= 1
+    assert re.fullmatch(r"[a-z0-9]+(://)[^\s]+", values["RAYGENRE_STORAGE"]), "RAYGENRE_STORAGE must be a URI"
+
+
+def test_every_manifest_parses_into_ray_objects() -> None:
+    kinds = sorted(d.get("kind", "?") for _, d in rendered_docs())
+    assert kinds == ["RayCluster"] + ["RayJob"] * 4, kinds
+    assert {d["metadata"]["name"] for _, d in docs_of("RayJob")} == {f"raygenre-{c}" for c in JOB_COMMANDS}
+    for where, doc in rendered_docs():
+        assert "status" not in doc, f"{where}: a manifest must not carry status"
+
+
+def test_manifests_match_the_kuberay_crd_schemas(validators: dict[str, Any]) -> None:
+    problems = [f"{where}: {e}" for where, doc in rendered_docs() for e in schema_errors(doc, validators)]
+    assert not problems, "schema violations:\n" + "\n".join(problems)
+
+
+def test_manifests_set_no_field_guarded_by_cel_rules(validators: dict[str, Any]) -> None:
+    """CEL rules (x-kubernetes-validations) are not evaluated offline: make sure none applies to us."""
+    for where, doc in rendered_docs():
+        _, cel = validators[doc["kind"]]
+        hit = set(instance_paths(doc)) & set(cel)
+        assert not hit, f"{where} sets {sorted(hit)}, whose CEL rules this offline check cannot evaluate"
+
+
+def test_manifests_pass_the_operators_spec_checks() -> None:
+    problems = [f"{where}: {e}" for where, doc in rendered_docs() for e in operator_errors(doc)]
+    assert not problems, "\n".join(problems)
+
+
+def _broken_train_job() -> dict[str, Any]:
+    return yaml.safe_load(yaml.safe_dump(job_named("train")))
+
+
+def _set_replicas(d: dict[str, Any]) -> None:
+    d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] = "two"
+
+
+def _typo(d: dict[str, Any]) -> None:
+    d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["minReplica"] = 1
+
+
+def _drop_group_name(d: dict[str, Any]) -> None:
+    del d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["groupName"]
+
+
+def _bad_quantity(d: dict[str, Any]) -> None:
+    d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"][
+        "limits"]["memory"] = "32 GB"
+
+
+def _duplicate_port(d: dict[str, Any]) -> None:
+    ports = d["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]
+    ports.append({"name": "again", "containerPort": ports[0]["containerPort"]})
+
+
+def _bad_name(d: dict[str, Any]) -> None:
+    d["metadata"]["name"] = "raygenre_train"
+
+
+@pytest.mark.parametrize(("breakage", "path", "message"), [
+    (_set_replicas, "spec.rayClusterSpec.workerGroupSpecs[0].replicas", "'two' is not of type 'integer'"),
+    (_typo, "spec.rayClusterSpec.workerGroupSpecs[0]", "('minReplica' was unexpected)"),
+    (_drop_group_name, "spec.rayClusterSpec.workerGroupSpecs[0]", "'groupName' is a required property"),
+    (_bad_quantity, "workerGroupSpecs[0].template.spec.containers[0].resources.limits.memory",
+     "'32 GB' does not match"),
+    (_duplicate_port, "headGroupSpec.template.spec.containers[0].ports", "have the same key"),
+    (_bad_name, "metadata.name", "'raygenre_train' does not match"),
+], ids=["wrong-type", "unknown-field", "missing-required", "bad-quantity", "duplicate-list-key", "bad-name"])
+def test_a_broken_manifest_fails_with_a_message_naming_the_path(validators: dict[str, Any], breakage: Any,
+                                                                path: str, message: str) -> None:
+    doc = _broken_train_job()
+    assert schema_errors(doc, validators) == []
+    breakage(doc)
+    errors = schema_errors(doc, validators)
+    assert len(errors) == 1, errors
+    assert path in errors[0] and message in errors[0], errors[0]
+
+
+def test_render_sh_matches_the_python_renderer_and_refuses_unknown_placeholders(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAYGENRE_")}
+    values = read_values()
+    for path in manifest_files():
+        out = subprocess.run(["bash", str(K8S / "render.sh"), str(path)], env=env, capture_output=True,
+                             text=True, check=True).stdout
+        assert out == render(path.read_text(), values).rstrip("\n") + "\n", path
+    # A value from the environment wins over the file; an undefined placeholder is an error.
+    out = subprocess.run(["bash", str(K8S / "render.sh"), str(K8S / "raycluster.yaml")], capture_output=True,
+                         env={**env, "RAYGENRE_GPU_WORKERS": "7"}, text=True, check=True).stdout
+    gpu = next(g for g in yaml.safe_load(out)["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu")
+    assert gpu["maxReplicas"] == 7
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("x: ${RAYGENRE_NOT_A_VALUE}\n")
+    proc = subprocess.run(["bash", str(K8S / "render.sh"), str(bad)], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "${RAYGENRE_NOT_A_VALUE} is not defined" in proc.stderr, proc.stderr
+    assert proc.stdout == ""
+
+
+# ------------------------------------------------------------------------------------------------- policy
+def test_nothing_is_exposed_outside_the_cluster() -> None:
+    for where, doc in rendered_docs():
+        assert doc["kind"] not in {"Service", "Ingress", "Route", "Gateway", "HTTPRoute"}, where
+    for where, spec in cluster_specs():
+        head = spec["headGroupSpec"]
+        assert head.get("serviceType") == "ClusterIP", f"{where}: headGroupSpec.serviceType must be ClusterIP"
+        assert not head.get("enableIngress"), f"{where}: no Ingress for the dashboard"
+        svc_type = head.get("headService", {}).get("spec", {}).get("type", "ClusterIP")
+        assert svc_type == "ClusterIP", f"{where}: head Service type {svc_type}"
+        assert (spec.get("authOptions") or {}).get("mode") == "token", f"{where}: Ray token auth must be on"
+
+
+def test_every_pod_and_container_runs_as_non_root() -> None:
+    for where, template in pod_templates():
+        sc = template["spec"].get("securityContext", {})
+        assert sc.get("runAsNonRoot") is True and sc.get("runAsUser", 0) > 0, f"{where}: pod securityContext"
+        assert not template["spec"].get("hostNetwork") and not template["spec"].get("hostPID"), where
+    for where, c in containers():
+        sc = c.get("securityContext", {})
+        assert sc.get("runAsNonRoot") is True and sc.get("runAsUser") == 1000, f"{where}: runAsNonRoot/1000"
+        assert sc.get("allowPrivilegeEscalation") is False, f"{where}: allowPrivilegeEscalation must be false"
+        assert not sc.get("privileged"), f"{where}: privileged"
+        assert "ALL" in sc.get("capabilities", {}).get("drop", []), f"{where}: drop ALL capabilities"
+
+
+def test_every_container_has_cpu_and_memory_requests_and_limits() -> None:
+    for where, c in containers():
+        res = c.get("resources", {})
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(res.get(kind, {})), f"{where}: resources.{kind} needs cpu and memory"
+
+
+def test_ray_containers_get_a_memory_backed_dev_shm() -> None:
+    for where, template in pod_templates():
+        if "submitter" in where:
+            continue
+        vols = {v["name"]: v for v in template["spec"].get("volumes", [])}
+        ray = template["spec"]["containers"][0]
+        mounts = {m["mountPath"]: m["name"] for m in ray.get("volumeMounts", [])}
+        assert "/dev/shm" in mounts, f"{where}: mount an emptyDir at /dev/shm for Ray's object store"
+        assert vols[mounts["/dev/shm"]].get("emptyDir", {}).get("medium") == "Memory", where
+
+
+def test_gpu_workers_request_gpus_tolerate_gpu_taints_and_match_the_gpu_count() -> None:
+    n_gpu = int(read_values()["RAYGENRE_GPU_WORKERS"])
+    seen = 0
+    for where, spec in cluster_specs():
+        for group in spec.get("workerGroupSpecs", []):
+            ray = group["template"]["spec"]["containers"][0]
+            res = ray["resources"]
+            if group["groupName"] != "gpu":
+                assert "nvidia.com/gpu" not in res.get("limits", {}), f"{where}: only the gpu group gets GPUs"
+                continue
+            seen += 1
+            assert res["requests"].get("nvidia.com/gpu") == res["limits"].get("nvidia.com/gpu") == 1, (
+                f"{where}: one nvidia.com/gpu per worker pod, in requests and limits")
+            pod = group["template"]["spec"]
+            assert any(t.get("key") == "nvidia.com/gpu" and t.get("effect") == "NoSchedule"
+                       for t in pod.get("tolerations", [])), f"{where}: tolerate the nvidia.com/gpu taint"
+            assert pod.get("nodeSelector"), f"{where}: a nodeSelector for GPU nodes"
+            assert group["maxReplicas"] == n_gpu, f"{where}: maxReplicas must be RAYGENRE_GPU_WORKERS"
+    assert seen == 4  # the RayCluster and the train, tune, label RayJobs
+    cluster = docs_of("RayCluster")[0][1]["spec"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    gpu = next(g for g in cluster["workerGroupSpecs"] if g["groupName"] == "gpu")
+    assert gpu["minReplicas"] == 0 < gpu["maxReplicas"], "the RayCluster's GPU group scales from zero"
+
+
+def test_ray_jobs_clean_up_after_themselves() -> None:
+    from ray.runtime_env import RuntimeEnv
+
+    for where, doc in docs_of("RayJob"):
+        spec = doc["spec"]
+        assert spec.get("shutdownAfterJobFinishes") is True, where
+        assert isinstance(spec.get("ttlSecondsAfterFinished"), int), where
+        assert spec.get("activeDeadlineSeconds", 0) > 0, where
+        assert "rayClusterSpec" in spec and "clusterSelector" not in spec, f"{where}: a RayJob makes its own cluster"
+        runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
+        assert isinstance(runtime_env, dict), f"{where}: runtimeEnvYAML must be a YAML mapping"
+        RuntimeEnv(**runtime_env)  # raises on fields or types Ray 2.60 does not accept
+
+
+def test_one_image_everywhere_and_ray_version_matches_the_pins() -> None:
+    image = read_values()["RAYGENRE_IMAGE"]
+    for path in manifest_files():
+        for line in path.read_text().splitlines():
+            m = re.match(r"\s*-?\s*image:\s*(\S+)", line)
+            if m:
+                assert m.group(1) == "${RAYGENRE_IMAGE}", f"{path.name}: hard-coded image {m.group(1)}"
+    images = {c.get("image", image) for _, c in containers()}
+    assert images == {image}, images
+    pins = constraint_pins()
+    for where, spec in cluster_specs():
+        assert spec["rayVersion"] == pins["ray"], f"{where}: rayVersion must be the pinned Ray {pins['ray']}"
+
+
+def test_storage_comes_only_from_the_values_file() -> None:
+    for path in manifest_files():
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split(" #")[0] if not line.lstrip().startswith("#") else ""
+            assert not re.search(r"\b(s3|gs|gcs|abfs|hdfs|file)://", code), (
+                f"{path.name}:{n}: object-store URI in a manifest; use ${{RAYGENRE_STORAGE}} from values.env")
+
+
+@pytest.mark.parametrize("command", sorted(JOB_COMMANDS))
+def test_job_entrypoints_run_the_raygenre_cli_with_options_it_accepts(command: str) -> None:
+    values = read_values()
+    argv = shlex.split(job_named(command)["spec"]["entrypoint"])
+    assert argv[:2] == ["raygenre", command], f"raygenre-{command} must run `raygenre {command}`: {argv}"
+    for arg in argv[2:]:
+        if "://" in arg:
+            assert arg.startswith((values["RAYGENRE_STORAGE"], values["RAYGENRE_LIBRARY"])), arg
+    if command in {"train", "tune", "label"}:
+        assert any(a in argv for a in ("--gpu", "--gpus-per-trial")), f"{command} must use the GPUs"
+    if command == "train":
+        assert argv[argv.index("--workers") + 1] == values["RAYGENRE_GPU_WORKERS"], "one Train worker per GPU"
+    check_cli_options(argv)
+
+
+def check_cli_options(argv: list[str]) -> None:
+    """Every ``--option`` in ``raygenre SUB ...`` exists on that subcommand (skips subcommands not written yet)."""
+    import typer
+
+    from raygenre.cli import app
+
+    group = typer.main.get_command(app)
+    sub = group.commands.get(argv[1])  # type: ignore[attr-defined]
+    if sub is None:
+        pytest.skip(f"`raygenre {argv[1]}` is not in the CLI yet: its options in {argv} are unchecked")
+    known = {o for p in sub.params for o in (*p.opts, *p.secondary_opts)}
+    unknown = [a.split("=")[0] for a in argv[2:] if a.startswith("-") and a.split("=")[0] not in known]
+    assert not unknown, f"`raygenre {argv[1]}` has no option {unknown}; it has {sorted(known)}"
+
+
+# ----------------------------------------------------------------------------------------------- Dockerfile
+def constraint_pins() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", line.strip())
+        if m:
+            pins[m.group(1).lower()] = m.group(2)
+    return pins
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", (REPO / "Dockerfile").read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            op, _, rest = line.partition(" ")
+            out.append((op.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_pins_match_constraints_and_it_installs_with_them() -> None:
+    pins = constraint_pins()
+    ins = dockerfile_instructions()
+    args = dict(re.match(r"(\w+)=(\S+)", rest).groups() for op, rest in ins if op == "ARG" and "=" in rest)
+    assert args["RAY_VERSION"] == pins["ray"], "Dockerfile RAY_VERSION != constraints.txt ray"
+    assert args["TORCH_VERSION"] == pins["torch"], "Dockerfile TORCH_VERSION != constraints.txt torch"
+    assert args["TORCHAUDIO_VERSION"] == pins["torchaudio"], "Dockerfile TORCHAUDIO_VERSION != constraints.txt"
+    base = next(rest for op, rest in ins if op == "FROM")
+    assert base.startswith("rayproject/ray:${RAY_VERSION}-"), base
+    assert re.fullmatch(r"py3(11|12)(-cpu|-gpu|-cu\d+)?", args["RAY_FLAVOR"]), "Python 3.11/3.12 Ray image"
+    runs = [rest for op, rest in ins if op == "RUN"]
+    pip = [r for r in runs if "pip install" in r]
+    assert pip and "-c constraints.txt" in pip[0], "the dependency install must use -c constraints.txt"
+    assert all("-c constraints.txt" in r or "--no-deps" in r for r in pip), "every pip install is pinned"
+    assert any("ffmpeg" in r for r in runs), "ffmpeg from apt (M4A/AAC decoding)"
+    users = [rest for op, rest in ins if op == "USER"]
+    assert users and users[-1].split(":")[0] == "1000", "the image must end as the non-root user 1000"
+
+
+def test_dockerfile_sets_raygenre_config_dir_to_the_copied_configs() -> None:
+    workdir, configs_dest, config_env = "/", None, None
+    for op, rest in dockerfile_instructions():
+        if op == "WORKDIR":
+            workdir = rest
+        elif op == "COPY":
+            parts = [p for p in rest.split() if not p.startswith("--")]
+            if parts[0].rstrip("/") == "configs":
+                configs_dest = os.path.normpath(os.path.join(workdir, parts[-1]))
+        elif op == "ENV":
+            m = re.search(r"RAYGENRE_CONFIG_DIR=(\S+)", rest)
+            config_env = m.group(1) if m else config_env
+    assert configs_dest and config_env == configs_dest, (config_env, configs_dest)
+
+
+def test_dockerignore_keeps_the_context_small_but_admits_every_copied_path() -> None:
+    lines = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()]
+    rules = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert rules[0] == "*", ".dockerignore should exclude everything and re-include what the image needs"
+    allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+    for op, rest in dockerfile_instructions():
+        if op == "COPY" and "--from" not in rest:
+            for src in [p for p in rest.split() if not p.startswith("--")][:-1]:
+                assert src.split("/")[0] in allowed, f".dockerignore drops {src}, which the Dockerfile copies"
+    assert not allowed & {".venv", ".git", ".raygenre-home", "bench"}
+
+
+# -------------------------------------------------------------------------------------------------- jobs/
+RUNTIME_ENVS = sorted((JOBS / "runtime-env").glob("*.yaml"))
+
+
+def test_runtime_env_files_are_valid_for_ray() -> None:
+    from ray.runtime_env import RuntimeEnv
+
+    assert {p.name for p in RUNTIME_ENVS} == {"image.yaml", "pip.yaml"}
+    for path in RUNTIME_ENVS:
+        env = yaml.safe_load(path.read_text())
+        RuntimeEnv(**env)  # Ray's own validation of field names and types
+        assert env["working_dir"] == ".", f"{path.name}: upload the repo root (run ray job submit from it)"
+        assert {".git", ".venv", ".raygenre-home", "bench/out"} <= set(env["excludes"]), path.name
+    pip = yaml.safe_load((JOBS / "runtime-env" / "pip.yaml").read_text())["pip"]["packages"]
+    assert "-c ${RAY_RUNTIME_ENV_CREATE_WORKING_DIR}/constraints.txt" in pip, "pip variant must use the pins"
+    assert "${RAY_RUNTIME_ENV_CREATE_WORKING_DIR}" in pip, "pip variant must install the uploaded checkout"
+
+
+def test_image_runtime_env_makes_raygenre_read_the_uploaded_configs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RAYGENRE_CONFIG_DIR="" undoes the image's setting, so configs come from beside the uploaded code."""
+    from raygenre.config import config_dir
+
+    env_vars = yaml.safe_load((JOBS / "runtime-env" / "image.yaml").read_text())["env_vars"]
+    monkeypatch.setenv("RAYGENRE_CONFIG_DIR", env_vars["RAYGENRE_CONFIG_DIR"])
+    assert config_dir() == REPO / "configs"
+
+
+@pytest.mark.parametrize("path", RUNTIME_ENVS, ids=lambda p: p.name)
+def test_working_dir_package_is_small_and_holds_the_code(path: Path, tmp_path: Path) -> None:
+    """Package the repo exactly as `ray job submit` would (without .gitignore's help) and look inside."""
+    from ray._private.ray_constants import get_runtime_env_default_excludes
+    from ray._private.runtime_env.packaging import _zip_files
+
+    env = yaml.safe_load(path.read_text())
+    pkg = tmp_path / "pkg.zip"
+    _zip_files(str(REPO), get_runtime_env_default_excludes() + env["excludes"], str(pkg), include_gitignore=False)
+    with zipfile.ZipFile(pkg) as z:
+        names = z.namelist()
+        sizes = sorted(((i.file_size, i.filename) for i in z.infolist()), reverse=True)
+    assert {"raygenre/cli.py", "raygenre/config.py", "configs/train.yaml", "constraints.txt",
+            "pyproject.toml"} <= set(names)
+    heavy = [n for n in names if n.split("/")[0] in {".venv", ".git", ".raygenre-home"} or n.startswith("bench/out")]
+    assert not heavy, heavy[:5]
+    size = pkg.stat().st_size
+    assert size < 32 * 2**20, f"working_dir package is {size / 2**20:.1f} MiB; largest files: {sizes[:5]}"
+
+
+def test_jobs_readme_commands_use_existing_files_and_real_options() -> None:
+    text = (JOBS / "README.md").read_text()
+    blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", text, re.S)
+    commands = [ln.strip() for b in blocks for ln in re.sub(r"\\\n", " ", b).splitlines()]
+    submits = [c for c in commands if "ray job submit" in c]
+    assert submits, "jobs/README.md shows no `ray job submit` line"
+    for c in submits:
+        argv = shlex.split(c.split("#")[0])
+        for flag in ("--runtime-env", "--working-dir"):
+            if flag in argv:
+                assert (REPO / argv[argv.index(flag) + 1]).exists(), f"{c}: {flag} names a missing path"
+    tail = [shlex.split(c.split(" -- ", 1)[1].split(" #")[0]) for c in submits if " -- raygenre " in c]
+    assert {argv[1] for argv in tail} >= JOB_COMMANDS, "show a submit line for every raygenre job"
+    unchecked = []
+    for argv in tail:
+        try:
+            check_cli_options(argv)
+        except pytest.skip.Exception as exc:
+            unchecked.append(str(exc))
+    if unchecked:
+        pytest.skip("; ".join(unchecked))
