@@ -169,5 +169,277 @@ def featurize(
     print_feature_summary(result.manifest, out)
 
 
+# ---------------------------------------------------------------------------------------------------- label
+def print_label_summary(result: Any) -> None:
+    """The end-of-run summary of `raygenre label`: counts, speed, top genres, a few errors."""
+    from raygenre.workspace import SYNTHETIC_NOTICE
+
+    rate = result.new / result.seconds if result.seconds else 0.0
+    console.print(f"Labelled {result.new} files this run ({result.audio_hours:.2f} h of audio, {rate:.1f} files/s, "
+                  f"{result.audio_hours / max(result.seconds, 1e-9) * 3600:.1f} audio-h/h); "
+                  f"{result.resumed} were already labelled. {result.files} rows, {result.errors} with errors, "
+                  f"written to {result.out} ({result.format}).")
+    labelled = sum(n for _, n in result.genres)
+    if result.genres:
+        table = Table(title=f"Top genres (model {result.model})")
+        for col in ("genre", "files", "share"):
+            table.add_column(col, justify="left" if col == "genre" else "right")
+        for genre, n in result.genres[:5]:
+            table.add_row(genre, str(n), f"{100 * n / labelled:.1f}%")
+        console.print(table)
+    if result.errors:
+        console.print(f"[yellow]{result.errors} files could not be labelled[/] (column `error`), e.g.:")
+        for path, reason in result.error_examples:
+            console.print(f"  {path}: {reason}")
+    if result.synthetic:
+        console.print(f"[bold yellow]note:[/] this model was trained on SYNTHETIC data ({SYNTHETIC_NOTICE}).")
+
+
+@app.command()
+@friendly_errors
+def label(
+    library: str = typer.Argument(..., help="Folder of audio files, scanned recursively (hidden folders skipped)."),
+    model: str | None = typer.Option(None, "--model", help="Model folder. Default: the workspace's best model "
+                                     "(written by `raygenre tune` or `raygenre train`)."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Output file (local path or URI). Default: "
+                                   "labels.parquet / labels.csv / labels.jsonl in the current folder, by --format."),
+    fmt: str | None = typer.Option(None, "--format", help="parquet | csv | jsonl. Default: from --out's "
+                                   "extension, else parquet."),
+    segments_per_track: int | None = typer.Option(None, help="3 s segments spread evenly across each file; "
+                                                  "the label averages their probabilities (default: 10)."),
+    batch_size: int | None = typer.Option(None, help="Files per model batch (default: 64)."),
+    gpu: bool | None = typer.Option(None, "--gpu/--cpu", help="Run the model on GPUs, one actor per GPU "
+                                    "(default: CPU)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip files already in OUT.parts/ "
+                                "(same path, size and mtime) and append the rest; --no-resume labels everything."),
+    address: str | None = typer.Option(None, help=ADDRESS_HELP),
+    config: Path | None = typer.Option(None, help=CONFIG_HELP),
+) -> None:
+    """Label every audio file under LIBRARY with a genre: one row per file, streamed through Ray Data.
+
+    Each file gives --segments-per-track windows spread across it (only those are decoded where the format
+    can seek, so hour-long mixes are cheap); the model runs in a pool of Ray actors. Rows: path, genre,
+    confidence, p_<genre> for every genre, duration_s, segments_used, error, model, size, mtime.
+
+    Results are saved in parts (OUT.parts/, each written atomically) as they complete, so an interrupted run
+    loses nothing: run the same command again to finish it. OUT is written at the end, atomically.
+    Bad files (corrupt, empty, unreadable, too short, not audio) get a row whose `error` says why.
+
+    Exit status: 0 all files labelled, 1 some files had errors (the run finished), 2 usage error (e.g. no model).
+    """
+    import dataclasses
+
+    from raygenre.config import load_config
+    from raygenre.label import default_out, format_of, label_library
+
+    cfg = load_config("label", config, {"format": fmt, "segments_per_track": segments_per_track,
+                                        "batch_size": batch_size, "gpu": gpu})
+    if fmt is None and out is not None and format_of(out):
+        cfg = dataclasses.replace(cfg, format=format_of(out))
+    result = label_library(library, out or default_out(cfg.format), cfg, model_dir=model, address=address,
+                           resume=resume, progress=True)
+    print_label_summary(result)
+    if result.errors:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------------------------------- train
+def _features_or_builtin(features: str | None, address: str | None) -> str:
+    from raygenre.builtin import ensure_features
+
+    return features or ensure_features(address, console.print)
+
+
+def _synthetic_tag(synthetic: bool) -> str:
+    return " [bold yellow](SYNTHETIC data: not real music)[/]" if synthetic else ""
+
+
+def print_test_metrics(test: dict[str, Any], synthetic: bool) -> None:
+    console.print(f"test: segment accuracy {test['segment_accuracy']:.1%}, track accuracy "
+                  f"{test['track_accuracy']:.1%}, macro F1 {test['macro_f1']:.3f} "
+                  f"({test.get('segments', '?')} segments, {test.get('tracks', '?')} tracks)"
+                  + _synthetic_tag(synthetic))
+
+
+@app.command()
+@friendly_errors
+def train(
+    model: str | None = typer.Option(None, "--model", "-m", help="ann | cnn | lstm (default: cnn)."),
+    features: str | None = typer.Option(None, help="Feature table from `raygenre featurize` (local path or URI). "
+                                        "Default: the built-in synthetic dataset, featurized on first use."),
+    epochs: int | None = typer.Option(None, help="Maximum epochs (default: 30; early stopping may end sooner)."),
+    workers: int | None = typer.Option(None, help="Ray Train workers, data-parallel (default: 2)."),
+    gpu: bool | None = typer.Option(None, "--gpu/--cpu", help="One GPU per worker (NCCL) or CPU (gloo)."),
+    lr: float | None = typer.Option(None, help="Adam learning rate (default: 1e-4)."),
+    batch_size: int | None = typer.Option(None, help="Batch size per worker (default: 32)."),
+    dropout: float | None = typer.Option(None, help="Dropout (default: 0.3)."),
+    weight_decay: float | None = typer.Option(None, help="L2 on dense weights (default: the tutorial's, "
+                                              "1e-3 for ann, 0 for cnn/lstm)."),
+    hidden: int | None = typer.Option(None, help="Width: ann first dense layer, cnn dense, lstm size "
+                                      "(default: the tutorial's)."),
+    patience: int | None = typer.Option(None, help="Early stopping patience in epochs (default: 5)."),
+    seed: int | None = typer.Option(None, help="Seed for data order and initialisation (default: 0)."),
+    out: str | None = typer.Option(None, help="Model artifact folder (default: $RAYGENRE_HOME/models/<model>)."),
+    storage_path: str | None = typer.Option(None, "--storage", help="Where Ray Train keeps the run folder "
+                                            "(checkpoints): on a multi-node cluster, a URI or shared mount every "
+                                            "node sees. Default: OUT/../runs when --out is a URI, else "
+                                            "$RAYGENRE_HOME/runs."),
+    set_default: bool = typer.Option(True, help="Also make this model the default for `raygenre label`."),
+    address: str | None = typer.Option(None, help=ADDRESS_HELP),
+    config: Path | None = typer.Option(None, help=CONFIG_HELP),
+) -> None:
+    """Train one of the tutorial's models data-parallel on Ray Train, then test it.
+
+    Prints a table per epoch (train/val loss and accuracy), then test-split metrics: segment accuracy, track
+    accuracy (argmax of a track's mean segment probabilities) and macro F1. Writes the model artifact
+    (model.safetensors + model.json) and, in the run folder, config.yaml, history.json and confusion.png.
+    A worker that dies is replaced and training resumes from the last epoch's checkpoint.
+    """
+    from raygenre import workspace
+    from raygenre.config import load_config
+    from raygenre.runtime import ensure_ray
+    from raygenre.train import train as run
+
+    cfg = load_config("train", config, {"model": model, "epochs": epochs, "workers": workers, "gpu": gpu, "lr": lr,
+                                        "batch_size": batch_size, "dropout": dropout, "weight_decay": weight_decay,
+                                        "hidden": hidden, "patience": patience, "seed": seed})
+    ensure_ray(address)
+    feats = _features_or_builtin(features, address)
+    out = out or str(workspace.home() / "models" / cfg.model)
+    table = Table(title=f"raygenre train --model {cfg.model} ({cfg.workers} workers, {'GPU' if cfg.gpu else 'CPU'})")
+    for col in ("epoch", "train loss", "train acc", "val loss", "val acc", "s"):
+        table.add_column(col, justify="right")
+    console.print(f"training {cfg.model} on {feats} with {cfg.workers} Ray Train workers ...")
+
+    def on_epoch(m: dict[str, Any]) -> None:
+        console.print(f"  epoch {m['epoch']:>3}  train loss {m['train_loss']:.4f} acc {m['train_acc']:.3f}  "
+                      f"val loss {m['val_loss']:.4f} acc {m['val_acc']:.3f}  ({m['seconds']:.1f} s)"
+                      + ("  [dim](resumed after a worker failure)[/]" if m.get("resumed_from_epoch") else ""))
+
+    from raygenre import storage
+
+    if storage_path is None and storage.is_uri(out):
+        storage_path = storage.join(out.rstrip("/").rsplit("/", 1)[0], "runs")
+    result = run(feats, cfg, out, storage_path=storage_path, progress_callback=on_epoch)
+    for r in result.history:
+        table.add_row(str(r["epoch"]), f"{r['train_loss']:.4f}", f"{r['train_acc']:.3f}", f"{r['val_loss']:.4f}",
+                      f"{r['val_acc']:.3f}", f"{r['seconds']:.1f}")
+    console.print(table)
+    stop = " (early stop)" if result.stopped_early else ""
+    console.print(f"best epoch {result.best_epoch}{stop}; {len(result.history)} epochs in {result.seconds:.0f} s")
+    print_test_metrics(result.test, result.synthetic)
+    if set_default:
+        from raygenre.tune import _copy_dir
+
+        _copy_dir(out, str(workspace.default_model_dir()))
+    console.print(f"model: {out}   run folder: {result.run_dir}"
+                  + (f"\ndefault model for `raygenre label`: {workspace.default_model_dir()}" if set_default else ""))
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    model_dir: str = typer.Argument(..., help="Model artifact folder (from train or tune)."),
+    features: str | None = typer.Option(None, help="Feature table (default: the one the model was trained on, "
+                                        "if it still exists, else the built-in synthetic one)."),
+    split: str = typer.Option("test", help="Split to score: train, val or test."),
+    address: str | None = typer.Option(None, help=ADDRESS_HELP),
+) -> None:
+    """Recompute a model's metrics on a split; write metrics.json and confusion.png beside the model.
+
+    The confusion matrix has true genres as rows and predicted genres as columns, both named.
+    """
+    from raygenre import load_model, storage
+    from raygenre.evaluate import evaluate as run
+    from raygenre.evaluate import plot_confusion
+    from raygenre.runtime import ensure_ray
+
+    ensure_ray(address)
+    loaded = load_model(model_dir)
+    feats = features or loaded.meta.get("features_dir")
+    if not feats or not storage.exists(storage.join(str(feats), "features.json")):
+        feats = _features_or_builtin(None, address)
+    result = run(loaded, feats, split=split)
+    metrics = {k: v for k, v in result.items() if k != "confusion"}
+    metrics["confusion"] = [list(map(int, row)) for row in result["confusion"]]
+    metrics["features_dir"] = str(feats)
+    storage.write_json_atomic(storage.join(model_dir, "metrics.json"), metrics)
+    png = storage.join(model_dir, "confusion.png")
+    plot_confusion(result["confusion"], loaded.genres, png,
+                   f"{loaded.name.upper()} {split} segments, accuracy {result['segment_accuracy']:.1%}",
+                   synthetic=result["synthetic"])
+    print_test_metrics(result, result["synthetic"])
+    console.print(f"wrote {storage.join(model_dir, 'metrics.json')} and {png}")
+
+
+# ---------------------------------------------------------------------------------------------------- tune
+def print_trials(trials: Any, synthetic: bool) -> None:
+    """The end-of-search table: one row per trial."""
+    table = Table(title="raygenre tune: trials" + (" (SYNTHETIC data)" if synthetic else ""))
+    for col in ("model", "trial", "lr", "batch", "dropout", "wd", "hidden", "epochs", "best val loss",
+                "best val acc", "stopped"):
+        table.add_column(col, justify="right")
+    for r in trials.to_dict("records"):
+        ok = r.get("best_val_loss") == r.get("best_val_loss") and r.get("best_val_loss") is not None
+        table.add_row(r["model"], str(r["trial_id"])[-5:], f"{r['lr']:.2e}", str(r["batch_size"]),
+                      f"{r['dropout']:.2f}", f"{r['weight_decay']:.1e}", str(r["hidden"]), str(r["epochs"]),
+                      f"{r['best_val_loss']:.4f}" if ok else "failed", f"{r['best_val_acc']:.3f}" if ok else "",
+                      f"early ({r['stopped_by']})" if ok and r["stopped_early"] else "")
+    console.print(table)
+
+
+@app.command()
+@friendly_errors
+def tune(
+    models: str | None = typer.Option(None, help="Comma-separated models to search (default: ann,cnn,lstm)."),
+    num_samples: int | None = typer.Option(None, help="Trials per model (default: 2)."),
+    max_epochs: int | None = typer.Option(None, help="Epochs a trial may run (default: 6; ASHA stops bad ones)."),
+    features: str | None = typer.Option(None, help="Feature table (default: the built-in synthetic dataset)."),
+    workers_per_trial: int | None = typer.Option(None, help="Ray Train workers per trial (default: 1)."),
+    gpus_per_trial: float | None = typer.Option(None, help="GPUs per trial, may be fractional (default: 0)."),
+    max_concurrent: int | None = typer.Option(None, help="Trials at once; 0 = as many as the cluster holds."),
+    out: str | None = typer.Option(None, help="Run folder, local or a URI all nodes share "
+                                   "(default: $RAYGENRE_HOME/runs/tune-<time>; with --resume: the latest)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted search in --out (finished trials are kept)."),
+    set_default: bool = typer.Option(True, help="Make the overall best model the default for `raygenre label`."),
+    address: str | None = typer.Option(None, help=ADDRESS_HELP),
+    config: Path | None = typer.Option(None, help=CONFIG_HELP + " Search spaces live in configs/tune.yaml."),
+) -> None:
+    """Search hyperparameters of the models on Ray Tune (ASHA), each trial a Ray Train run.
+
+    Prints one row per trial, exports the best trial of each model (tested on the test split) to
+    OUT/models/<model>, and the overall best (lowest validation loss) to OUT/models/best and to the default
+    model that `raygenre label` uses. TensorBoard: tensorboard --logdir OUT/tune
+    """
+    from raygenre import workspace
+    from raygenre.config import load_config
+    from raygenre.runtime import ensure_ray
+    from raygenre.tune import tune_models
+
+    cfg = load_config("tune", config, {
+        "models": [m.strip() for m in models.split(",")] if models else None, "num_samples": num_samples,
+        "max_epochs": max_epochs, "workers_per_trial": workers_per_trial, "gpus_per_trial": gpus_per_trial,
+        "max_concurrent": max_concurrent})
+    if out is None:
+        runs = sorted((workspace.home() / "runs").glob("tune-*")) if resume else []
+        out = str(runs[-1]) if runs else str(workspace.new_run_dir("tune"))
+    ensure_ray(address)
+    feats = _features_or_builtin(features, address)
+    console.print(f"tuning {', '.join(cfg.models)}: {cfg.num_samples} trials each, up to {cfg.max_epochs} epochs, "
+                  f"ASHA; results in {out}")
+    result = tune_models(feats, cfg, out, load_config("train", config), resume=resume, address=address,
+                         set_default=set_default)
+    print_trials(result.trials, result.synthetic)
+    for m, b in result.best.items():
+        t = b["test"]
+        console.print(f"best {m}: val loss {b['val_loss']:.4f} -> test segment acc {t['segment_accuracy']:.1%}, "
+                      f"track acc {t['track_accuracy']:.1%}, macro F1 {t['macro_f1']:.3f}   {b['model_dir']}")
+    console.print(f"overall best: [bold]{result.best_model}[/] -> {result.best_model_dir}"
+                  + _synthetic_tag(result.synthetic))
+    if set_default:
+        console.print(f"default model for `raygenre label`: {result.default_model_dir}")
+    console.print(f"trial table: {out}/trials.csv   TensorBoard: tensorboard --logdir {out}/tune")
+
+
 if __name__ == "__main__":
     app()

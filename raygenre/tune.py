@@ -1,0 +1,252 @@
+"""``raygenre tune``: hyperparameter search for the three models on Ray Tune, each trial a Ray Train run.
+
+Ray 2.60 runs Train V2, where ``Tuner(TorchTrainer)`` is not supported: each trial is a Tune *function*
+trainable that builds the same ``TorchTrainer`` as ``raygenre train`` and forwards its per-epoch reports to
+Tune with ``TuneReportCallback`` (which also passes the epoch's checkpoint path). The trial actor itself
+asks for almost nothing (``cpu: 0.01``); its Train workers hold the real resources, and the number of
+concurrent trials is derived from the cluster so trials never wait on each other for CPUs (no deadlock).
+
+One Tuner per architecture (``OUT/tune/<model>``), with ASHA on validation loss: learning curves of
+different architectures are not comparable at early rungs, so each competes with its own kind. Afterwards
+the best trial of each model (lowest validation loss) is evaluated on the test split and exported as a
+model artifact (``OUT/models/<model>``); the overall best becomes ``OUT/models/best`` and the workspace's
+default model, which ``raygenre label`` uses when given no ``--model``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import pyarrow.fs as pafs
+import torch
+
+from raygenre import storage, workspace
+from raygenre.config import TrainConfig, TuneConfig, to_dict
+from raygenre.train import STATE_FILE, build_trainer, effective_config, finish, prepare
+
+HPARAMS = ("lr", "batch_size", "dropout", "weight_decay", "hidden")
+
+
+@dataclass
+class TuneResult:
+    """What a search produced."""
+
+    out: str
+    trials: pd.DataFrame  # one row per trial (see ``trial_table``)
+    best: dict[str, dict[str, Any]]  # per model: trial id, hyperparameters, val loss, test metrics, model_dir
+    best_model: str  # the overall best model's name
+    best_model_dir: str
+    default_model_dir: str
+    synthetic: bool
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def search_space(spec: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``configs/tune.yaml`` ranges -> Ray Tune sampling objects."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for name, s in spec.items():
+        kind = s["type"]
+        if kind == "loguniform":
+            space[name] = tune.loguniform(s["low"], s["high"])
+        elif kind == "uniform":
+            space[name] = tune.uniform(s["low"], s["high"])
+        elif kind == "choice":
+            space[name] = tune.choice(list(s["values"]))
+        elif kind == "randint":
+            space[name] = tune.randint(s["low"], s["high"])
+        else:
+            raise ValueError(f"search space {name}: unknown type {kind!r} (loguniform, uniform, choice, randint)")
+    return space
+
+
+def make_search_alg(name: str, seed: int) -> Any:
+    """The search algorithm named in the config: random (default), or optuna/hyperopt when installed."""
+    if name == "random":
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=seed)
+    if name == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+
+            return OptunaSearch(seed=seed)
+        except ImportError as exc:
+            raise ValueError("search_alg optuna needs the optuna package: pip install optuna") from exc
+    if name == "hyperopt":
+        try:
+            from ray.tune.search.hyperopt import HyperOptSearch
+
+            return HyperOptSearch(random_state_seed=seed)
+        except ImportError as exc:
+            raise ValueError("search_alg hyperopt needs the hyperopt package: pip install hyperopt") from exc
+    raise ValueError(f"unknown search_alg {name!r}: use random, optuna or hyperopt")
+
+
+def plan_concurrency(resources: dict[str, float], cfg: TuneConfig) -> tuple[int, float]:
+    """(concurrent trials, CPUs per Train worker) that the cluster can hold at once.
+
+    One CPU stays free for the Ray Data tasks feeding the workers (without it, a full cluster hangs). On
+    small machines workers get half a CPU each. With GPUs, the GPU count bounds concurrency.
+    """
+    cpus = float(resources.get("CPU", 1.0))
+    per_worker = 1.0 if cpus >= 4 else 0.5
+    fit = max(1, math.floor((cpus - 1.0) / (cfg.workers_per_trial * per_worker) + 1e-9))
+    if cfg.gpus_per_trial > 0:
+        fit = min(fit, max(1, math.floor(float(resources.get("GPU", 0.0)) / cfg.gpus_per_trial + 1e-9)))
+    if cfg.max_concurrent > 0:
+        fit = min(fit, cfg.max_concurrent)
+    return fit, per_worker
+
+
+def _trial_cfg(base: TrainConfig, config: dict[str, Any]) -> TrainConfig:
+    return effective_config(dataclasses.replace(base, **{k: config[k] for k in HPARAMS if k in config}))
+
+
+def _trial_prepared(prepared: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+    loop = {**prepared["loop_config"], **{k: getattr(cfg, k) for k in HPARAMS}}
+    return {**prepared, "loop_config": loop, "cfg": cfg}
+
+
+def run_trial(config: dict[str, Any], prepared: dict[str, Any], base: TrainConfig, train_storage: str,
+              cpus_per_worker: float, gpus_per_worker: float) -> None:
+    """The Tune function trainable: one ``TorchTrainer`` run whose epoch reports reach Tune."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = _trial_cfg(base, config)
+    trial_id = tune.get_context().get_trial_id()
+    trainer = build_trainer(_trial_prepared(prepared, cfg), cfg, train_storage, name=f"trial-{trial_id}",
+                            callbacks=[TuneReportCallback()], cpus=cpus_per_worker)
+    if gpus_per_worker and cfg.gpu:
+        trainer.scaling_config.resources_per_worker["GPU"] = gpus_per_worker
+    trainer.fit()
+
+
+def trial_table(model: str, results: Any, max_epochs: int) -> pd.DataFrame:
+    """One row per trial: model, key hyperparameters, epochs run, best val loss/accuracy, stopped early."""
+    rows = []
+    for r in results:
+        df = r.metrics_dataframe
+        if df is None or df.empty or "val_loss" not in df:
+            rows.append({"model": model, "trial_id": r.path.rstrip("/").rsplit("/", 1)[-1], "epochs": 0,
+                         "error": str(r.error) if r.error else "no result", **{k: r.config.get(k) for k in HPARAMS}})
+            continue
+        best = df.loc[df["val_loss"].idxmin()]
+        epochs = int(df["epoch"].max())
+        patience_stop = bool(df["stopped_early"].iloc[-1]) if "stopped_early" in df else False
+        rows.append({
+            "model": model, "trial_id": str(df["trial_id"].iloc[-1]), **{k: r.config.get(k) for k in HPARAMS},
+            "epochs": epochs, "best_val_loss": float(best["val_loss"]), "best_val_acc": float(best["val_acc"]),
+            "best_epoch": int(best["epoch"]),
+            "stopped_early": epochs < max_epochs,
+            "stopped_by": ("patience" if patience_stop else "ASHA") if epochs < max_epochs else "",
+            "checkpoint_path": str(df["checkpoint_path"].dropna().iloc[-1]) if "checkpoint_path" in df else None,
+            "error": str(r.error) if r.error else None,
+        })
+    return pd.DataFrame(rows)
+
+
+def _read_checkpoint_state(checkpoint_path: str) -> dict[str, Any]:
+    data = storage.read_bytes(storage.join(checkpoint_path, STATE_FILE))
+    import io
+
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)["state"]
+
+
+def _copy_dir(src: str, dest: str) -> None:
+    """Copy a folder (local or URI) so that ``dest`` appears whole."""
+    src_fs, src_inner = storage.resolve(src)
+    with storage.atomic_dir(dest) as tmp:
+        dst_fs, dst_inner = storage.resolve(tmp)
+        pafs.copy_files(src_inner, dst_inner, source_filesystem=src_fs, destination_filesystem=dst_fs)
+
+
+def tune_models(features_dir: str, cfg: TuneConfig, out: str, base: TrainConfig, *, resume: bool = False,
+                address: str | None = None, set_default: bool = True, verbose: int = 1) -> TuneResult:
+    """Search every model in ``cfg.models``; export the best of each and the overall best. See module doc.
+
+    ``out`` (local path or URI all nodes share) holds ``tune/<model>`` (Tune's experiment folders: trial
+    results, TensorBoard events), ``train/`` (each trial's Ray Train checkpoints), ``models/``,
+    ``trials.csv`` and ``trials.parquet``. ``resume`` continues an interrupted search in the same ``out``.
+    """
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from raygenre.runtime import ensure_ray
+
+    t0 = time.time()
+    resources = ensure_ray(address)
+    concurrent, per_worker = plan_concurrency(resources, cfg)
+    gpus_per_worker = cfg.gpus_per_trial / cfg.workers_per_trial if cfg.gpus_per_trial > 0 else 0.0
+    tables, best, prepared_by_model = [], {}, {}
+    synthetic = False
+    for model in cfg.models:
+        if model not in cfg.search_spaces:
+            raise ValueError(f"no search space for model {model!r} in the tune config")
+        mbase = dataclasses.replace(base, model=model, epochs=cfg.max_epochs, workers=cfg.workers_per_trial,
+                                    gpu=cfg.gpus_per_trial > 0, seed=cfg.seed)
+        prepared = prepare(features_dir, mbase)
+        prepared_by_model[model] = prepared
+        synthetic = bool(prepared["manifest"].get("synthetic", False))
+        experiments = storage.join(out, "tune")
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, prepared=prepared, base=mbase, train_storage=storage.join(out, "train"),
+                                 cpus_per_worker=per_worker, gpus_per_worker=gpus_per_worker),
+            {"cpu": 0.01},
+        )
+        path = storage.join(experiments, model)
+        if resume and tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            if storage.exists(path):
+                storage.remove(path)
+            tuner = tune.Tuner(
+                trainable,
+                param_space=search_space(cfg.search_spaces[model]),
+                tune_config=tune.TuneConfig(
+                    metric="val_loss", mode="min", num_samples=cfg.num_samples, max_concurrent_trials=concurrent,
+                    search_alg=make_search_alg(cfg.search_alg, cfg.seed),
+                    scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.max_epochs,
+                                            grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor),
+                ),
+                run_config=tune.RunConfig(name=model, storage_path=experiments, verbose=verbose,
+                                          failure_config=tune.FailureConfig(max_failures=base.max_failures)),
+            )
+        results = tuner.fit()
+        table = trial_table(model, results, cfg.max_epochs)
+        tables.append(table)
+        ok = table.dropna(subset=["best_val_loss"]) if "best_val_loss" in table else table.iloc[0:0]
+        if ok.empty:
+            raise RuntimeError(f"every {model} trial failed; see {path} (first error: {table['error'].iloc[0]})")
+        top = ok.loc[ok["best_val_loss"].idxmin()]
+        tcfg = _trial_cfg(mbase, top.to_dict())
+        state = _read_checkpoint_state(top["checkpoint_path"])
+        model_dir = storage.join(out, "models", model)
+        res = finish(features_dir, _trial_prepared(prepared, tcfg), tcfg, state, model_dir,
+                     storage.join(out, "train", f"trial-{top['trial_id']}"), t0)
+        best[model] = {"trial_id": top["trial_id"], **{k: top[k] for k in HPARAMS}, "val_loss": top["best_val_loss"],
+                       "val_acc": top["best_val_acc"], "epochs": int(top["epochs"]), "model_dir": model_dir,
+                       "test": {k: res.test[k] for k in ("segment_accuracy", "track_accuracy", "macro_f1")}}
+    trials = pd.concat(tables, ignore_index=True)
+    storage.write_text_atomic(storage.join(out, "trials.csv"), trials.to_csv(index=False))
+    fs, inner = storage.resolve(storage.join(out, "trials.parquet"))
+    trials.to_parquet(inner, filesystem=fs, index=False)
+    winner = min(best, key=lambda m: best[m]["val_loss"])
+    best_dir = storage.join(out, "models", "best")
+    _copy_dir(best[winner]["model_dir"], best_dir)
+    default_dir = str(workspace.default_model_dir())
+    if set_default:
+        _copy_dir(best[winner]["model_dir"], default_dir)
+    summary = {"best_model": winner, "best": best, "config": to_dict(cfg), "synthetic": synthetic,
+               "features_dir": str(features_dir), "default_model_dir": default_dir if set_default else None}
+    storage.write_json_atomic(storage.join(out, "tune.json"), summary)
+    return TuneResult(out=out, trials=trials, best=best, best_model=winner, best_model_dir=best_dir,
+                      default_model_dir=default_dir, synthetic=synthetic, seconds=round(time.time() - t0, 1))
