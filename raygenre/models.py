@@ -41,11 +41,9 @@ def _keras_init(module: nn.Module) -> None:
         elif isinstance(m, nn.LSTM):
             for name, p in m.named_parameters():
                 if name.startswith("weight_ih"):
-                    for gate in p.data.chunk(4, 0):  # Keras inits the 4 gate kernels as one (in, 4h) matrix
-                        nn.init.xavier_uniform_(gate)
+                    nn.init.xavier_uniform_(p)  # Keras: one (in, 4h) kernel for the 4 gates
                 elif name.startswith("weight_hh"):
-                    for gate in p.data.chunk(4, 0):
-                        nn.init.orthogonal_(gate)
+                    nn.init.orthogonal_(p)
                 else:
                     nn.init.zeros_(p)
                     if name.startswith("bias_ih"):
@@ -64,20 +62,20 @@ class ANN(nn.Module):
         widths = [frames * n_mfcc, hidden, hidden // 2, hidden // 8]
         if min(widths) < 1:
             raise ValueError(f"ann: hidden={hidden} is too small (needs hidden >= 8)")
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.dense = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(widths[-1], n_genres)
         _keras_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
-        for layer in self.hidden:
+        for layer in self.dense:
             x = self.dropout(F.relu(layer(x)))
         return self.out(x)
 
     def l2_penalty(self) -> torch.Tensor:
         """sum(w**2) over the hidden dense kernels (the layers the tutorial regularised; not the output)."""
-        return _l2(list(self.hidden))
+        return _l2(list(self.dense))
 
 
 def same_pool_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:

@@ -1,0 +1,189 @@
+"""Model artifacts: one folder holding ``model.safetensors`` + ``model.json``; the only way models are loaded.
+
+``model.safetensors``: the model's state dict (BatchNorm running statistics included) plus ``norm.mean`` and
+``norm.std``, float32 (n_mfcc,): the per-coefficient standardisation computed on the training split.
+
+``model.json``: ``model`` (ann/cnn/lstm), ``hparams`` (``hidden`` and ``dropout`` rebuild the network; the
+rest records how it was trained), ``features`` (the FeatureParams fields) and ``frames`` (the feature contract,
+as in the feature table's ``features.json``), ``genres`` (label order), ``synthetic`` (trained on the
+built-in synthetic data), ``metrics`` (test results), library versions and the creation time.
+
+Loading executes nothing from the files: weights are read with ``safetensors`` only, never ``torch.load``
+or pickle, so a checkpoint from an untrusted source cannot run code. The folder may be a local path or a
+``pyarrow.fs`` URI, and it is written atomically (it appears complete or not at all).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from raygenre import __version__, storage
+from raygenre.config import FeatureParams
+from raygenre.models import MODELS, build_model
+
+WEIGHTS = "model.safetensors"
+META = "model.json"
+FORMAT = "raygenre-model"
+FORMAT_VERSION = 1
+NORM_MEAN, NORM_STD = "norm.mean", "norm.std"
+
+
+class ArtifactError(ValueError):
+    """A model folder is missing, incomplete, unsafe or inconsistent."""
+
+
+@dataclass
+class LoadedModel:
+    """A trained model ready for inference: ``predict_proba`` standardises MFCC and returns probabilities."""
+
+    module: nn.Module  # in eval mode
+    name: str
+    hparams: dict[str, Any]
+    features: FeatureParams
+    genres: list[str]
+    mean: torch.Tensor  # float32 (n_mfcc,)
+    std: torch.Tensor  # float32 (n_mfcc,)
+    meta: dict[str, Any] = field(default_factory=dict)  # the whole model.json
+
+    @property
+    def frames(self) -> int:
+        return int(self.meta.get("frames") or self.features.frames)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def to(self, device: str | torch.device) -> LoadedModel:
+        """Move the network and the normalisation statistics to ``device``; returns self."""
+        self.module.to(device)
+        self.mean, self.std = self.mean.to(device), self.std.to(device)
+        return self
+
+    @torch.inference_mode()
+    def predict_proba(self, mfcc: np.ndarray | torch.Tensor) -> np.ndarray:
+        """MFCC segments (B, frames, n_mfcc), unstandardised as the feature table stores them, -> float32
+        probabilities (B, n_genres) in ``genres`` order."""
+        if isinstance(mfcc, np.ndarray) and not mfcc.flags.writeable:
+            mfcc = mfcc.copy()  # e.g. zero-copy Arrow buffers; torch warns on read-only arrays
+        x = torch.as_tensor(mfcc, dtype=torch.float32, device=self.device)
+        if x.ndim == 2:
+            x = x[None]
+        want = (self.frames, self.features.n_mfcc)
+        if x.ndim != 3 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"expected MFCC of shape (batch, {want[0]}, {want[1]}), got {tuple(x.shape)}")
+        logits = self.module((x - self.mean) / self.std)
+        return torch.softmax(logits.float(), dim=-1).cpu().numpy()
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def save_model(dir: str, model: nn.Module, name: str, hparams: dict[str, Any], features: dict[str, Any],
+               genres: list[str], mean: Any, std: Any, metrics: dict[str, Any], synthetic: bool, *,
+               extra: dict[str, Any] | None = None) -> None:
+    """Write the artifact folder ``dir`` (local path or URI) atomically.
+
+    ``features``: the feature table's FeatureParams fields (a ``frames`` key may be included; it must agree).
+    ``hparams`` must hold ``hidden`` and ``dropout`` (used to rebuild the network). ``model`` may be wrapped in
+    DistributedDataParallel. ``extra``: more model.json keys (e.g. ``features_dir``); they cannot replace
+    the keys above.
+    """
+    if name not in MODELS:
+        raise ArtifactError(f"unknown model name {name!r}; expected one of {', '.join(MODELS)}")
+    fields = {f.name for f in dataclasses.fields(FeatureParams)}
+    params = FeatureParams(**{k: v for k, v in features.items() if k in fields})
+    frames = int(features.get("frames", params.frames))
+    if frames != params.frames:
+        raise ArtifactError(f"features say frames={frames} but the parameters give {params.frames}")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    if NORM_MEAN in tensors or NORM_STD in tensors:
+        raise ArtifactError(f"the model's state dict already has {NORM_MEAN}/{NORM_STD} entries")
+    tensors[NORM_MEAN] = torch.as_tensor(np.asarray(mean, dtype=np.float32)).reshape(-1).contiguous()
+    tensors[NORM_STD] = torch.as_tensor(np.asarray(std, dtype=np.float32)).reshape(-1).contiguous()
+    for key in (NORM_MEAN, NORM_STD):
+        if tensors[key].numel() != params.n_mfcc:
+            raise ArtifactError(f"{key} has {tensors[key].numel()} values; n_mfcc is {params.n_mfcc}")
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": name,
+        "hparams": dict(hparams),
+        "features": dataclasses.asdict(params),
+        "frames": frames,
+        "genres": list(genres),
+        "n_genres": len(genres),
+        "synthetic": bool(synthetic),
+        "metrics": metrics,
+        "versions": {"raygenre": __version__, "torch": torch.__version__},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    meta = {**(extra or {}), **meta}
+    blob = st_save(tensors, metadata={"format": "pt", "raygenre_format": FORMAT})
+    with storage.atomic_dir(dir) as tmp:
+        storage.write_bytes_atomic(storage.join(tmp, WEIGHTS), blob)
+        storage.write_json_atomic(storage.join(tmp, META), meta)  # last, like every manifest here
+
+
+def _read_tensors(path: str) -> dict[str, torch.Tensor]:
+    data = storage.read_bytes(path)
+    try:
+        return st_load(data)
+    except Exception as exc:  # safetensors raises its own error types; none of them runs code
+        kind = ("a zip archive (torch.save format)" if data[:4] == b"PK\x03\x04"
+                else "a pickle" if data[:1] == b"\x80" else "not parseable")
+        raise ArtifactError(
+            f"{path} is not a safetensors file ({kind}: {exc}); refusing to load pickled checkpoints because "
+            f"they can run code. Re-export the model with raygenre (weights are saved with safetensors)."
+        ) from None
+
+
+def load_model(path: str) -> LoadedModel:
+    """Load an artifact folder (local path or URI) written by ``save_model``; the module is in eval mode, on CPU."""
+    path = str(path)
+    if not storage.exists(path):
+        raise ArtifactError(f"model folder {path} does not exist")
+    meta_path, weights_path = storage.join(path, META), storage.join(path, WEIGHTS)
+    for p in (meta_path, weights_path):
+        if not storage.exists(p):
+            raise ArtifactError(f"{path} is not a model folder: {p.rsplit('/', 1)[-1]} is missing "
+                                f"(a model folder holds {WEIGHTS} and {META}; train one with `raygenre train`)")
+    try:
+        meta = json.loads(storage.read_text(meta_path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{meta_path} is not valid JSON: {exc}") from None
+    name = meta.get("model")
+    if name not in MODELS:
+        raise ArtifactError(f"{meta_path}: unknown model {name!r}; this raygenre knows {', '.join(MODELS)}")
+    try:
+        features = FeatureParams(**meta["features"])
+        genres = [str(g) for g in meta["genres"]]
+        hparams = dict(meta["hparams"])
+    except (KeyError, TypeError) as exc:
+        raise ArtifactError(f"{meta_path} is incomplete or malformed ({exc!r})") from None
+    frames = int(meta.get("frames", features.frames))
+    tensors = _read_tensors(weights_path)
+    try:
+        mean, std = tensors.pop(NORM_MEAN).float(), tensors.pop(NORM_STD).float()
+    except KeyError:
+        raise ArtifactError(f"{weights_path} lacks {NORM_MEAN}/{NORM_STD} (not a raygenre model)") from None
+    module = build_model(name, frames, features.n_mfcc, len(genres), hidden=hparams.get("hidden"),
+                         dropout=float(hparams.get("dropout", 0.0)))
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{weights_path} does not match a {name} model with the hyperparameters in "
+                            f"{META}: {exc}") from None
+    module.eval()
+    return LoadedModel(module=module, name=name, hparams=hparams, features=features, genres=genres,
+                       mean=mean, std=std, meta=meta)
