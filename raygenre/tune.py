@@ -30,6 +30,7 @@ from raygenre.config import TrainConfig, TuneConfig, to_dict
 from raygenre.train import STATE_FILE, build_trainer, effective_config, finish, prepare
 
 HPARAMS = ("lr", "batch_size", "dropout", "weight_decay", "hidden")
+TRIAL_CPU = 0.01  # what a trial actor itself asks for; its Train workers hold the real resources
 
 
 @dataclass
@@ -93,17 +94,20 @@ def make_search_alg(name: str, seed: int) -> Any:
 def plan_concurrency(resources: dict[str, float], cfg: TuneConfig) -> tuple[int, float]:
     """(concurrent trials, CPUs per Train worker) that the cluster can hold at once.
 
-    One CPU stays free for the Ray Data tasks feeding the workers (without it, a full cluster hangs). On
-    small machines workers get half a CPU each. With GPUs, the GPU count bounds concurrency.
+    One whole CPU stays free for the Ray Data read tasks feeding the workers (each asks for 1 CPU; without a
+    free one, every trial waits forever), and that CPU is counted after the trial actors' own TRIAL_CPU
+    each. On small machines workers get at most half a CPU. With GPUs, the GPU count bounds concurrency.
     """
     cpus = float(resources.get("CPU", 1.0))
     per_worker = 1.0 if cpus >= 4 else 0.5
-    fit = max(1, math.floor((cpus - 1.0) / (cfg.workers_per_trial * per_worker) + 1e-9))
+    fit = max(1, math.floor((cpus - 1.0) / (cfg.workers_per_trial * per_worker + TRIAL_CPU)))
     if cfg.gpus_per_trial > 0:
         fit = min(fit, max(1, math.floor(float(resources.get("GPU", 0.0)) / cfg.gpus_per_trial + 1e-9)))
     if cfg.max_concurrent > 0:
         fit = min(fit, cfg.max_concurrent)
-    return fit, per_worker
+    spare = cpus - 1.0 - fit * TRIAL_CPU
+    per_worker = min(per_worker, math.floor(100 * spare / (fit * cfg.workers_per_trial)) / 100)
+    return fit, max(per_worker, 0.01)
 
 
 def _trial_cfg(base: TrainConfig, config: dict[str, Any]) -> TrainConfig:
@@ -200,7 +204,7 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, base: TrainConfig,
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, prepared=prepared, base=mbase, train_storage=storage.join(out, "train"),
                                  cpus_per_worker=per_worker, gpus_per_worker=gpus_per_worker),
-            {"cpu": 0.01},
+            {"cpu": TRIAL_CPU},
         )
         path = storage.join(experiments, model)
         if resume and tune.Tuner.can_restore(path):
