@@ -7,25 +7,52 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
 from typing import Any
 
 import ray
+
+
+def _free_local_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def progress_bars_wanted() -> bool:
+    """Ray Data's live bars: on a terminal by default; ``RAYGENRE_PROGRESS=0|1`` forces them off or on.
+
+    Off when stderr is not a terminal, because redrawn bars turn CI logs and ``ray job logs`` into noise.
+    """
+    forced = os.environ.get("RAYGENRE_PROGRESS", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return sys.stderr.isatty()
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: Any) -> dict[str, float]:
     """Connect to (or start) Ray once per process; return the cluster's total resources.
 
     ``address`` (or ``RAY_ADDRESS``) joins an existing cluster, e.g. ``auto`` or ``ray://host:10001``;
-    without one a local Ray starts on this machine, bound to 127.0.0.1 and without the dashboard.
+    without one a local Ray starts on this machine, bound to 127.0.0.1, its dashboard (and State API) too.
     """
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
         if address:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, **kwargs)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
-                     _node_ip_address="127.0.0.1", **kwargs)
+            port = _free_local_port()
+            # Ray Train's PlacementGroupCleaner (in a worker) asks the State API, served by the dashboard,
+            # whether a trial's controller is still alive; without the dashboard, or with a second Ray on this
+            # machine making "auto" ambiguous, it cannot tell, and every trial that ASHA stops leaks its
+            # workers' CPUs until the next trial cannot read its data. The variable is set before Ray starts so
+            # that every Ray process inherits it.
+            os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+            ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                     logging_level=logging.WARNING, _node_ip_address="127.0.0.1", **kwargs)
         ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = True
+        ctx.enable_progress_bars = progress_bars_wanted()
         ctx.print_on_execution_start = False
     return dict(ray.cluster_resources())

@@ -201,10 +201,15 @@ def _progress_callback(fn: Callable[[dict[str, Any]], None]) -> tuple[Any, Calla
     Ray Train callbacks run in the controller actor, so the metrics travel through a Ray queue that a
     driver thread drains. Returns (callback, stop); ``stop()`` drains what is left and ends the thread.
     """
+    import ray
     from ray.train import UserCallback
     from ray.util.queue import Empty, Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    queue = Queue(actor_options={"num_cpus": 0})
+    # On the driver's node (like Ray Train's controller): a queue on another node would die with that node and
+    # fail the run, although Ray Train replaces the workers of a lost node.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
 
     class Forward(UserCallback):
         def __init__(self, q: Any) -> None:

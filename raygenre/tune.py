@@ -68,12 +68,16 @@ def search_space(spec: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return space
 
 
-def make_search_alg(name: str, seed: int) -> Any:
-    """The search algorithm named in the config: random (default), or optuna/hyperopt when installed."""
+def make_search_alg(name: str, seed: int, max_concurrent: int) -> Any:
+    """The search algorithm named in the config: random (default), or optuna/hyperopt when installed.
+
+    ``max_concurrent`` must be given to a ``BasicVariantGenerator`` itself: Tune applies
+    ``max_concurrent_trials`` only to generators it creates, and two trials on a 2-CPU machine deadlock.
+    """
     if name == "random":
         from ray.tune.search import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=seed)
+        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
     if name == "optuna":
         try:
             from ray.tune.search.optuna import OptunaSearch
@@ -217,7 +221,7 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, base: TrainConfig,
                 param_space=search_space(cfg.search_spaces[model]),
                 tune_config=tune.TuneConfig(
                     metric="val_loss", mode="min", num_samples=cfg.num_samples, max_concurrent_trials=concurrent,
-                    search_alg=make_search_alg(cfg.search_alg, cfg.seed),
+                    search_alg=make_search_alg(cfg.search_alg, cfg.seed, concurrent),
                     scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.max_epochs,
                                             grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor),
                 ),

@@ -23,6 +23,7 @@ os.environ["RAY_TMPDIR"] = str(_SESSION_TMP / "ray")
 os.environ["RAYGENRE_HOME"] = str(_SESSION_TMP / "raygenre-home")
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAYGENRE_PROGRESS", "0")  # no redrawn progress bars in test logs
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 for var in ("HOME", "RAY_TMPDIR", "RAYGENRE_HOME"):
     Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
