@@ -6,6 +6,7 @@ Every command connects to a Ray cluster when ``--address``/``RAY_ADDRESS`` is se
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +29,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(highlight=False)
+# Off a terminal (CI, `ray job logs`, a pipe) rich would wrap at 80 columns; tables read better wider.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ADDRESS_HELP = "Ray cluster to use (e.g. auto, ray://head:10001). Default: $RAY_ADDRESS, else a local Ray."
@@ -176,12 +178,12 @@ def print_label_summary(result: Any) -> None:
 
     rate = result.new / result.seconds if result.seconds else 0.0
     console.print(f"Labelled {result.new} files this run ({result.audio_hours:.2f} h of audio, {rate:.1f} files/s, "
-                  f"{result.audio_hours / max(result.seconds, 1e-9) * 3600:.1f} audio-h/h); "
+                  f"{result.audio_hours * 3600 / max(result.seconds, 1e-9):.0f}x real time); "
                   f"{result.resumed} were already labelled. {result.files} rows, {result.errors} with errors, "
-                  f"written to {result.out} ({result.format}).")
+                  f"written to {result.out} ({result.format}). Model: {result.model}.")
     labelled = sum(n for _, n in result.genres)
     if result.genres:
-        table = Table(title=f"Top genres (model {result.model})")
+        table = Table(title="Top genres")
         for col in ("genre", "files", "share"):
             table.add_column(col, justify="left" if col == "genre" else "right")
         for genre, n in result.genres[:5]:
@@ -375,16 +377,19 @@ def evaluate(
 # ---------------------------------------------------------------------------------------------------- tune
 def print_trials(trials: Any, synthetic: bool) -> None:
     """The end-of-search table: one row per trial."""
-    table = Table(title="raygenre tune: trials" + (" (SYNTHETIC data)" if synthetic else ""))
-    for col in ("model", "trial", "lr", "batch", "dropout", "wd", "hidden", "epochs", "best val loss",
+    from rich import box
+
+    table = Table(title="raygenre tune: trials" + (" (SYNTHETIC data)" if synthetic else ""),
+                  box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for col in ("model", "trial", "lr", "batch", "dropout", "wd", "width", "epochs", "best val loss",
                 "best val acc", "stopped"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
     for r in trials.to_dict("records"):
         ok = r.get("best_val_loss") == r.get("best_val_loss") and r.get("best_val_loss") is not None
-        table.add_row(r["model"], str(r["trial_id"])[-5:], f"{r['lr']:.2e}", str(r["batch_size"]),
+        table.add_row(r["model"], str(r["trial_id"])[-5:], f"{r['lr']:.1e}", str(r["batch_size"]),
                       f"{r['dropout']:.2f}", f"{r['weight_decay']:.1e}", str(r["hidden"]), str(r["epochs"]),
                       f"{r['best_val_loss']:.4f}" if ok else "failed", f"{r['best_val_acc']:.3f}" if ok else "",
-                      f"early ({r['stopped_by']})" if ok and r["stopped_early"] else "")
+                      str(r["stopped_by"]) if ok and r["stopped_early"] else "")
     console.print(table)
 
 
@@ -427,7 +432,8 @@ def tune(
     feats = _features_or_builtin(features, address)
     console.print(f"tuning {', '.join(cfg.models)}: {cfg.num_samples} trials each, up to {cfg.max_epochs} epochs, "
                   f"ASHA; results in {out}")
-    result = tune_models(feats, cfg, out, load_config("train", config), resume=resume, address=address,
+    # --config is a tune YAML; trials start from configs/train.yaml (patience, seed, failures) plus the space.
+    result = tune_models(feats, cfg, out, load_config("train"), resume=resume, address=address,
                          set_default=set_default)
     print_trials(result.trials, result.synthetic)
     for m, b in result.best.items():
