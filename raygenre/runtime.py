@@ -14,6 +14,39 @@ from typing import Any
 import ray
 
 
+def _start_local(num_cpus: int | None, **kwargs: Any) -> None:
+    """Start a Ray on this machine that listens on 127.0.0.1 only, with its dashboard (the State API).
+
+    Two environment variables reach the Ray processes (they inherit this process's environment when
+    ``ray.init`` spawns them) and are then removed again here, so that programs this process starts later
+    (tests, `ray job`) do not mistake this Ray for theirs:
+
+    * ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: on Linux, Ray 2.60 otherwise swaps 127.0.0.1 for the host's
+      outward address, and its GCS, raylet and dashboard agent listen on every interface. This process read
+      the variable when it imported Ray, hence the constant too.
+    * ``RAY_API_SERVER_ADDRESS``: Ray Train's PlacementGroupCleaner (a worker) asks the State API, served by
+      the dashboard, whether a trial's controller is still alive. Without the dashboard, or when a second Ray
+      on the machine makes "auto" ambiguous, it cannot tell, and every trial that ASHA stops keeps its
+      workers' CPUs until the next trial cannot read its data.
+    """
+    import ray._private.ray_constants as ray_constants
+
+    port = _free_local_port()
+    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                 logging_level=logging.WARNING, _node_ip_address="127.0.0.1", **kwargs)
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _free_local_port() -> int:
     """A TCP port that is free on 127.0.0.1 right now (the OS picks it)."""
     with socket.socket() as sock:
@@ -43,15 +76,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, **kwargs
         if address:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, **kwargs)
         else:
-            port = _free_local_port()
-            # Ray Train's PlacementGroupCleaner (in a worker) asks the State API, served by the dashboard,
-            # whether a trial's controller is still alive; without the dashboard, or with a second Ray on this
-            # machine making "auto" ambiguous, it cannot tell, and every trial that ASHA stops leaks its
-            # workers' CPUs until the next trial cannot read its data. The variable is set before Ray starts so
-            # that every Ray process inherits it.
-            os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-            ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-                     logging_level=logging.WARNING, _node_ip_address="127.0.0.1", **kwargs)
+            _start_local(num_cpus, **kwargs)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = progress_bars_wanted()
         ctx.print_on_execution_start = False
