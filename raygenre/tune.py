@@ -95,6 +95,9 @@ def make_search_alg(name: str, seed: int, max_concurrent: int) -> Any:
     raise ValueError(f"unknown search_alg {name!r}: use random, optuna or hyperopt")
 
 
+MIN_WORKER_CPU = 0.25  # below this a Train worker is starved (and Ray Data's tasks are, too)
+
+
 def plan_concurrency(resources: dict[str, float], cfg: TuneConfig) -> tuple[int, float]:
     """(concurrent trials, CPUs per Train worker) that the cluster can hold at once.
 
@@ -111,7 +114,12 @@ def plan_concurrency(resources: dict[str, float], cfg: TuneConfig) -> tuple[int,
         fit = min(fit, cfg.max_concurrent)
     spare = cpus - 1.0 - fit * TRIAL_CPU
     per_worker = min(per_worker, math.floor(100 * spare / (fit * cfg.workers_per_trial)) / 100)
-    return fit, max(per_worker, 0.01)
+    if per_worker < MIN_WORKER_CPU:  # a trial would crawl or wait forever: say so instead
+        raise ValueError(f"the Ray cluster has {cpus:g} CPUs: too few for {cfg.workers_per_trial} Train worker(s) "
+                         f"per trial plus the CPU the data pipeline needs; tune needs at least "
+                         f"{1.0 + TRIAL_CPU + cfg.workers_per_trial * MIN_WORKER_CPU:.2f} (use "
+                         f"--workers-per-trial 1, or a machine/cluster with 2+ CPUs)")
+    return fit, per_worker
 
 
 def _trial_cfg(base: TrainConfig, config: dict[str, Any]) -> TrainConfig:

@@ -32,6 +32,8 @@ def test_concurrency_fits_the_cluster() -> None:
     assert plan_concurrency({"CPU": 16.0, "GPU": 2.0}, gpu)[0] == 4
     capped = load_config("tune", overrides={"max_concurrent": 1})
     assert plan_concurrency({"CPU": 16.0}, capped)[0] == 1
+    with pytest.raises(ValueError, match="tune needs at least"):  # 1 CPU: nothing left for a worker
+        plan_concurrency({"CPU": 1.0}, cfg)
 
 
 def test_search_spaces_hold_the_tutorial_values() -> None:
