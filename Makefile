@@ -38,7 +38,6 @@ test: venv
 
 lint: venv
 	$(BIN)/ruff check raygenre tests bench jobs
-	$(BIN)/ruff format --check raygenre tests bench jobs
 
 bench: venv
 	$(BIN)/python bench/featurize.py

@@ -44,8 +44,16 @@ class Track:
     genre: str
 
 
-def find_genre_root(root: Path) -> Path:
+def _require_local(root: Path | str) -> None:
+    """Decoders seek in files, so audio is read from disk (or a mount), never streamed from a bucket."""
+    if "://" in str(root):
+        raise DatasetError(f"{root}: the dataset must be a local folder or a shared mount (on a cluster, one every "
+                           f"node sees at the same path), not a URI. Copy or mount it, e.g. with s3fs or a PVC.")
+
+
+def find_genre_root(root: Path | str) -> Path:
     """Return the folder whose sub-folders are the genres (``genres_original``, ``genres``, or ``root``)."""
+    _require_local(root)
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder. Pass the dataset root (the folder holding "
@@ -56,12 +64,13 @@ def find_genre_root(root: Path) -> Path:
     return root
 
 
-def discover(root: Path) -> tuple[list[Track], list[str]]:
+def discover(root: Path | str) -> tuple[list[Track], list[str]]:
     """Find every audio file of a genre dataset; return (tracks sorted by track_id, sorted genre names).
 
     Files with unknown extensions are ignored; hidden files and folders are skipped. Raises
     ``DatasetError`` when no genre folder with audio is found.
     """
+    _require_local(root)
     root = Path(root).resolve()
     genre_root = find_genre_root(root)
     tracks: list[Track] = []

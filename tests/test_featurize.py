@@ -65,6 +65,8 @@ def test_discover_layouts(tmp_path: Path, layout: str, ext: str) -> None:
 def test_discover_errors(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="not a folder"):
         discover(tmp_path / "missing")
+    with pytest.raises(DatasetError, match="local folder or a shared mount"):
+        discover("s3://bucket/gtzan")
     (tmp_path / "rock").mkdir()
     with pytest.raises(DatasetError, match="No audio files"):
         discover(tmp_path)

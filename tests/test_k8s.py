@@ -477,6 +477,28 @@ def test_ray_containers_get_a_memory_backed_dev_shm() -> None:
         assert vols[mounts["/dev/shm"]].get("emptyDir", {}).get("medium") == "Memory", where
 
 
+AUDIO_INPUT = {"featurize": 2, "label": 2}  # argv index of the audio input (dataset / library) per command
+
+
+@pytest.mark.parametrize("command", sorted(AUDIO_INPUT))
+def test_audio_inputs_are_on_a_volume_every_ray_pod_of_the_job_mounts(command: str) -> None:
+    """featurize and label read audio as files (the driver lists them, workers decode): a URI would fail there."""
+    values = read_values()
+    job = job_named(command)
+    path = shlex.split(job["spec"]["entrypoint"])[AUDIO_INPUT[command]]
+    assert "://" not in path, f"raygenre-{command}: audio input {path} must be a mounted path, not a URI"
+    spec = job["spec"]["rayClusterSpec"]
+    for name, template in [("head", spec["headGroupSpec"]["template"]),
+                           *[(g["groupName"], g["template"]) for g in spec["workerGroupSpecs"]]]:
+        vols = {v["name"]: v for v in template["spec"].get("volumes", [])}
+        mounts = [m for m in template["spec"]["containers"][0].get("volumeMounts", [])
+                  if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")]
+        assert mounts, f"raygenre-{command} {name}: nothing mounted at {path}"
+        assert mounts[0].get("readOnly") is True, f"raygenre-{command} {name}: mount the audio read-only"
+        claim = vols[mounts[0]["name"]].get("persistentVolumeClaim", {})
+        assert claim.get("claimName") == values["RAYGENRE_AUDIO_PVC"], f"{name}: the audio PVC comes from values.env"
+
+
 def test_gpu_workers_request_gpus_tolerate_gpu_taints_and_match_the_gpu_count() -> None:
     n_gpu = int(read_values()["RAYGENRE_GPU_WORKERS"])
     seen = 0
@@ -545,7 +567,7 @@ def test_job_entrypoints_run_the_raygenre_cli_with_options_it_accepts(command: s
     assert argv[:2] == ["raygenre", command], f"raygenre-{command} must run `raygenre {command}`: {argv}"
     for arg in argv[2:]:
         if "://" in arg:
-            assert arg.startswith((values["RAYGENRE_STORAGE"], values["RAYGENRE_LIBRARY"])), arg
+            assert arg.startswith(values["RAYGENRE_STORAGE"]), f"{arg}: outputs go to RAYGENRE_STORAGE"
     if command in {"train", "tune", "label"}:
         assert any(a in argv for a in ("--gpu", "--gpus-per-trial")), f"{command} must use the GPUs"
     if command == "train":
