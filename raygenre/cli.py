@@ -492,7 +492,8 @@ def demo(
     console.rule("[bold]3/3 raygenre label a synthetic music library")
     lib = workspace.home() / "demo-library"
     made = make_library(lib, library_files, seed=1, min_seconds=30.0, max_seconds=150.0)
-    console.print(f"library: {lib} ({library_files} files incl. {len(made.bad)} broken on purpose; synthetic)")
+    console.print(f"library: {lib} ({len(made.files)} files: {len(made.genres)} songs + {len(made.bad)} broken on "
+                  f"purpose; synthetic)")
     labels = label_library(str(lib), str(workspace.home() / "demo-labels.parquet"), load_config("label"),
                            address=address, resume=False)
     print_label_summary(labels)

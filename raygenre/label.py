@@ -699,10 +699,13 @@ def _prepare_parts(parts_dir: str, run: dict[str, Any], resume: bool) -> None:
 
 # ------------------------------------------------------------------------------------------------- run
 def _progress_bar(enabled: bool) -> Any:
+    """A live files/s bar on a terminal (``progress_bars_wanted``); off in logs, where redraws are noise."""
     from tqdm.auto import tqdm
 
-    return tqdm(desc="labelling", unit="file", disable=not enabled, file=sys.stderr, dynamic_ncols=True,
-                smoothing=0.1)
+    from raygenre.runtime import progress_bars_wanted
+
+    return tqdm(desc="labelling", unit="file", disable=not (enabled and progress_bars_wanted()), file=sys.stderr,
+                dynamic_ncols=True, smoothing=0.1)
 
 
 def _run_pipeline(ds: Any, writer: PartWriter, progress: bool) -> tuple[int, float, dict[str, tuple[int, float]]]:

@@ -9,9 +9,12 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 import ray
+
+RAY_DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
 
 
 def _start_local(num_cpus: int | None, **kwargs: Any) -> None:
@@ -28,11 +31,15 @@ def _start_local(num_cpus: int | None, **kwargs: Any) -> None:
       the dashboard, whether a trial's controller is still alive. Without the dashboard, or when a second Ray
       on the machine makes "auto" ambiguous, it cannot tell, and every trial that ASHA stops keeps its
       workers' CPUs until the next trial cannot read its data.
+
+    A third, ``RAY_DATA_LOGGING_CONFIG`` (unless the user set one), keeps Ray Data's INFO lines in the workers
+    (one "execution finished" per dataset and epoch) in ``ray-data.log`` rather than on the console.
     """
     import ray._private.ray_constants as ray_constants
 
     port = _free_local_port()
-    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}",
+           "RAY_DATA_LOGGING_CONFIG": os.environ.get("RAY_DATA_LOGGING_CONFIG") or str(RAY_DATA_LOGGING)}
     before = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     ray_constants.ENABLE_RAY_CLUSTER = False
@@ -52,6 +59,25 @@ def _free_local_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class QuietRayDataFilter(logging.Filter):
+    """Drops Ray Data's "Progress bars disabled" notice: raygenre turns the bars off on purpose (not a terminal)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Progress bars disabled")
+
+
+def _quiet_ray_data_console() -> None:
+    """This process's half of ``ray_data_logging.yaml`` (Ray Data configured its logging when it was imported).
+
+    Ray Data's INFO lines (parquet read estimates, "execution finished in") stay in its log file, off the
+    console; only the console handler changes, so ``ray-data.log`` in the session folder still has everything.
+    """
+    for handler in logging.getLogger("ray.data").handlers:
+        if handler.name == "console":
+            handler.setLevel(max(handler.level, logging.WARNING))
+            handler.addFilter(QuietRayDataFilter())
 
 
 def progress_bars_wanted() -> bool:
@@ -80,4 +106,5 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, **kwargs
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = progress_bars_wanted()
         ctx.print_on_execution_start = False
+        _quiet_ray_data_console()
     return dict(ray.cluster_resources())

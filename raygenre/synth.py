@@ -834,8 +834,10 @@ def _run_pool(fn: Any, jobs: Sequence[Any], workers: int | None, progress: bool,
     """
     from tqdm.auto import tqdm
 
+    from raygenre.runtime import progress_bars_wanted
+
     workers = min(workers or os.cpu_count() or 1, len(jobs))
-    bar = tqdm(total=len(jobs), desc=desc, unit=unit, disable=not progress, leave=False)
+    bar = tqdm(total=len(jobs), desc=desc, unit=unit, disable=not (progress and progress_bars_wanted()), leave=False)
     try:
         if workers <= 1:
             out = []

@@ -173,12 +173,15 @@ def build_trainer(prepared: dict[str, Any], cfg: TrainConfig, storage_path: str,
 
     ``cpus``: CPUs per worker on CPU runs (default ``cpus_per_worker``); GPU runs take 1 CPU + 1 GPU each.
     """
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    import ray.data
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     resources = {"CPU": 1.0, "GPU": 1.0} if cfg.gpu else {"CPU": cpus or cpus_per_worker(cfg.workers)}
-    ingest = DataConfig.default_ingest_options()  # a fresh ExecutionOptions from the current DataContext
-    ingest.preserve_order = True  # deterministic block order and shard assignment: reproducible runs
+    # DataConfig.default_ingest_options() copies the deprecated exclude_resources (a warning per trial in 2.60)
+    base = ray.data.DataContext.get_current().execution_options
+    ingest = ray.data.ExecutionOptions(resource_limits=base.resource_limits, verbose_progress=base.verbose_progress,
+                                       preserve_order=True)  # deterministic block order and shards: reproducible
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=prepared["loop_config"],
@@ -189,6 +192,8 @@ def build_trainer(prepared: dict[str, Any], cfg: TrainConfig, storage_path: str,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),  # each checkpoint holds the best weights too
             callbacks=list(callbacks or []),
+            # Ray Train's per-report INFO lines drown the epoch table; they stay in the session's log files.
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
         datasets=prepared["datasets"],
         dataset_config=DataConfig(execution_options=ingest),  # splits train AND val across the workers
@@ -428,11 +433,25 @@ def _save_and_report(metrics: dict[str, Any], model: torch.nn.Module, optimizer:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
+def _quiet_report_logs() -> None:
+    """Keep Ray Train's per-report INFO line ("Reporting training result ...") off the driver's console.
+
+    Ray 2.60 logs it under a logger named after its source file, which ``LoggingConfig``'s ``ray.train``
+    filter does not match; the driver prints its own epoch line instead.
+    """
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker: build, resume if a checkpoint exists, then train/validate/report each epoch."""
     import ray.train
     import ray.train.torch
 
+    _quiet_report_logs()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()

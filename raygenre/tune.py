@@ -195,6 +195,7 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, base: TrainConfig,
     """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import Searcher
 
     from raygenre.runtime import ensure_ray
 
@@ -224,12 +225,14 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, base: TrainConfig,
         else:
             if storage.exists(path):
                 storage.remove(path)
+            search_alg = make_search_alg(cfg.search_alg, cfg.seed, concurrent)
             tuner = tune.Tuner(
                 trainable,
                 param_space=search_space(cfg.search_spaces[model]),
                 tune_config=tune.TuneConfig(
-                    metric="val_loss", mode="min", num_samples=cfg.num_samples, max_concurrent_trials=concurrent,
-                    search_alg=make_search_alg(cfg.search_alg, cfg.seed, concurrent),
+                    metric="val_loss", mode="min", num_samples=cfg.num_samples, search_alg=search_alg,
+                    # a Searcher (optuna, hyperopt) is limited by Tune; the random generator limits itself
+                    max_concurrent_trials=concurrent if isinstance(search_alg, Searcher) else None,
                     scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.max_epochs,
                                             grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor),
                 ),
