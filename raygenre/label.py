@@ -698,6 +698,9 @@ def _prepare_parts(parts_dir: str, run: dict[str, Any], resume: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- run
+PROGRESS_LINE_SECONDS = 30.0  # without a terminal (ray job logs, CI), one progress line this often
+
+
 def _progress_bar(enabled: bool) -> Any:
     """A live files/s bar on a terminal (``progress_bars_wanted``); off in logs, where redraws are noise."""
     from tqdm.auto import tqdm
@@ -711,7 +714,7 @@ def _progress_bar(enabled: bool) -> Any:
 def _run_pipeline(ds: Any, writer: PartWriter, progress: bool) -> tuple[int, float, dict[str, tuple[int, float]]]:
     """Drive the pipeline: write parts as results arrive. Returns (rows, audio seconds, superseded keys)."""
     rows, audio_s, superseded = 0, 0.0, {}
-    t0 = time.monotonic()
+    t0 = last_line = time.monotonic()
     with _progress_bar(progress) as bar:
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             writer.add(table)
@@ -721,9 +724,14 @@ def _run_pipeline(ds: Any, writer: PartWriter, progress: bool) -> tuple[int, flo
                                   strict=True):
                 if r:
                     superseded[p] = (s, m)
-            elapsed = max(time.monotonic() - t0, 1e-9)
-            bar.set_postfix_str(f"{audio_s / 3600 / elapsed:.2f} audio-h/s", refresh=False)
+            now = time.monotonic()
+            elapsed = max(now - t0, 1e-9)
+            rate = f"{rows / elapsed:.1f} files/s, {audio_s / 3600 / elapsed:.2f} audio-h/s"
+            bar.set_postfix_str(rate.split(", ")[1], refresh=False)
             bar.update(table.num_rows)
+            if progress and bar.disable and now - last_line >= PROGRESS_LINE_SECONDS:  # logs: a line, not a bar
+                print(f"labelling: {rows} files so far ({rate})", file=sys.stderr, flush=True)
+                last_line = now
     writer.flush()
     return rows, audio_s, superseded
 
