@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import raygenre
-from raygenre.artifact import META, WEIGHTS, ArtifactError, LoadedModel, load_model, save_model
+from raygenre.artifact import CPU_CHUNK, META, WEIGHTS, ArtifactError, LoadedModel, load_model, save_model
 from raygenre.config import FeatureParams
 from raygenre.models import build_model
 
@@ -76,6 +76,10 @@ def test_round_trip(tmp_path: Path, name: str) -> None:
     assert np.allclose(probs, expected.numpy(), atol=1e-6)  # standardises with the stored stats, then softmax
     assert np.allclose(loaded.predict_proba(torch.from_numpy(x)), probs, atol=1e-6)  # tensors too
     assert loaded.predict_proba(x[0]).shape == (1, 10)  # a single segment
+    assert loaded.predict_proba(x[:0]).shape == (0, 10)
+    many = np.random.default_rng(2).normal(-20, 40, (CPU_CHUNK * 2 + 5, 130, 13)).astype(np.float32)
+    one_by_one = np.concatenate([loaded.predict_proba(m) for m in many])
+    assert np.allclose(loaded.predict_proba(many), one_by_one, atol=1e-6)  # chunking changes nothing
     assert loaded.to("cpu") is loaded
 
 
