@@ -473,23 +473,27 @@ class Predictor:
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
-def _pool_sizes(cfg: LabelConfig, resources: dict[str, float]) -> tuple[int, float, float]:
-    """(actors, CPUs per actor, CPUs per decode task), leaving room for decoding.
+def _pool_sizes(cfg: LabelConfig, resources: dict[str, float]) -> tuple[int, float, int, float]:
+    """(actors, CPUs per actor, decode tasks at once, CPUs per decode task), leaving room for every stage.
 
-    Actors take 0.5 CPU each; decode tasks take what remains spread over as many tasks as the cluster has
-    CPUs (2 CPUs, 1 actor: 0.75 each -> 2 decode tasks + the actor = 2.0). A pool that took every CPU would
-    starve the decode tasks and hang, so the actors must leave at least 1 CPU.
+    Actors take 0.5 CPU each. Decoding runs as many tasks as there are CPUs left (rounded), each declaring
+    a share small enough that a 1-CPU repartition task (see ``_build_dataset``) can always start beside
+    them: 2 CPUs, 1 actor -> 2 decode tasks of 0.25 CPU + the actor's 0.5 + 1.0 kept for repartitioning.
+    Had the decode tasks declared the whole 1.5, a repartition task could only start between them, and
+    decoding would wait on it (bench/label.py: one core idle a third of the run). A pool that took every
+    CPU would starve decoding and hang, so the actors must leave at least 1 CPU.
     """
     cpus = float(resources.get("CPU", 1.0))
     derived = int(resources.get("GPU", 0)) if cfg.gpu else int(cpus // 16)
     actors = cfg.actors or max(1, derived)
     actor_cpus = 0.5
     left = cpus - actors * actor_cpus
-    if left < 1.0:  # the decode tasks and the 1-CPU repartition tasks (see _build_dataset) need at least 1 CPU
+    if left < 1.0:  # the decode tasks and the 1-CPU repartition tasks need at least 1 CPU
         raise ValueError(f"{actors} model actors x {actor_cpus} CPU leave no CPU for decoding on this "
                          f"cluster ({cpus:g} CPUs): use fewer actors (label.actors)")
-    decode_cpus = max(0.25, int(20 * left / max(1.0, cpus)) / 20)  # rounded down to 0.05
-    return actors, actor_cpus, decode_cpus
+    decoders = max(1, int(left + 0.5))  # one per CPU left: decoding is single-threaded
+    decode_cpus = max(0.05, int(20 * (left - 1.0) / decoders) / 20)  # rounded down to 0.05
+    return actors, actor_cpus, decoders, decode_cpus
 
 
 def _build_dataset(root: str, cfg: LabelConfig, params: FeatureParams, model_dir: str, mid: str,
@@ -498,7 +502,7 @@ def _build_dataset(root: str, cfg: LabelConfig, params: FeatureParams, model_dir
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-    actors, actor_cpus, decode_cpus = _pool_sizes(cfg, resources)
+    actors, actor_cpus, decoders, decode_cpus = _pool_sizes(cfg, resources)
     scan = _library_scan_class()(root, frozenset(e.lower().lstrip(".") for e in cfg.extensions), parts_dir)
     # 0 CPU: scanning is I/O, and a scan task parked by back-pressure must not hold a CPU that decoding needs.
     ds = ray.data.read_datasource(scan, num_cpus=0, compute=TaskPoolStrategy(size=SCAN_CONCURRENCY),
@@ -508,7 +512,8 @@ def _build_dataset(root: str, cfg: LabelConfig, params: FeatureParams, model_dir
     # SCAN_BLOCK_ROWS paths. Its tasks are short but take 1 CPU, hence the 1 CPU _pool_sizes keeps free.
     ds = ds.repartition(target_num_rows_per_block=SCAN_BLOCK_ROWS)
     ds = ds.map_batches(decode_batch, fn_kwargs={"params": params, "count": cfg.segments_per_track},
-                        batch_size=SCAN_BLOCK_ROWS, batch_format="numpy", num_cpus=decode_cpus)
+                        batch_size=SCAN_BLOCK_ROWS, batch_format="numpy", num_cpus=decode_cpus,
+                        compute=TaskPoolStrategy(size=decoders))
     gpu_args = {"num_gpus": 1} if cfg.gpu else {}
     return ds.map_batches(Predictor, fn_constructor_kwargs={"model_dir": model_dir, "model_id": mid,
                                                             "device": "cuda" if cfg.gpu else "cpu"},

@@ -150,9 +150,11 @@ def test_scan_skips_done_and_flags_changed(tmp_path: Path) -> None:
 
 
 def test_pool_leaves_room_for_decoding() -> None:
-    actors, actor_cpus, decode_cpus = _pool_sizes(cfg(), {"CPU": 2.0})
-    assert (actors, actor_cpus) == (1, 0.5)
-    assert int((2.0 - actors * actor_cpus) / decode_cpus + 1e-9) == 2  # two decode tasks run beside the actor
+    actors, actor_cpus, decoders, decode_cpus = _pool_sizes(cfg(), {"CPU": 2.0})
+    assert (actors, actor_cpus, decoders) == (1, 0.5, 2)  # two decode tasks run beside the actor ...
+    assert actors * actor_cpus + decoders * decode_cpus + 1.0 <= 2.0  # ... and a 1-CPU repartition task too
+    actors, actor_cpus, decoders, decode_cpus = _pool_sizes(cfg(), {"CPU": 64.0})
+    assert (actors, decoders) == (4, 62) and actors * actor_cpus + decoders * decode_cpus + 1.0 <= 64.0
     with pytest.raises(ValueError, match="no CPU for decoding"):
         _pool_sizes(cfg(actors=4), {"CPU": 2.0})
 
