@@ -74,7 +74,7 @@ class FeaturizeConfig:
     features: FeatureParams
     segments: int  # segments cut from the start of each track, back to back
     split: SplitConfig
-    tracks_per_batch: int  # tracks per Ray Data batch (decode + MFCC happen per batch)
+    tracks_per_batch: int  # most tracks per Ray Data task (decode + MFCC); fewer to give every CPU 4 tasks
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,7 @@ from raygenre.featurize import (
     read_manifest,
     read_mfcc_table,
     table_path,
+    tracks_per_task,
 )
 from raygenre.gtzan import DatasetError, Track, assign_splits, discover
 
@@ -73,6 +74,13 @@ def test_discover_errors(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- segmenting
+def test_tracks_per_task() -> None:
+    assert tracks_per_task(1000, 64, 2.0) == 64  # GTZAN on 2 CPUs: 16 tasks, the most per task
+    assert tracks_per_task(1000, 64, 64.0) == 4  # a big cluster: 250 tasks, about 4 per CPU
+    assert tracks_per_task(40, 64, 2.0) == 5
+    assert tracks_per_task(1, 64, 2.0) == 1 and tracks_per_task(0, 64, 0.5) == 1
+
+
 def test_cut_segments_drops_short_ones_like_the_tutorial() -> None:
     n = FEATURES.segment_samples
     y = np.zeros(int(n * 2.5), dtype=np.float32)
