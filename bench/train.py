@@ -30,19 +30,22 @@ from raygenre.config import load_config  # noqa: E402
 from raygenre.featurize import read_mfcc_table  # noqa: E402
 from raygenre.models import build_model, resolve_hparams  # noqa: E402
 
+Split = tuple[torch.Tensor, torch.Tensor]  # mfcc float32 (N, frames, n_mfcc), label int64 (N,)
 
-def split_tensors(features: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mfcc float32 (N, frames, n_mfcc), label int64 (N,)) of one split, read with plain pyarrow."""
+
+def split_tensors(features: str) -> dict[str, Split]:
+    """The train and val splits of the table as in-memory tensors, read once with plain pyarrow."""
     table, mfcc = read_mfcc_table(features)
-    keep = np.asarray(table.column("split").to_pylist()) == split
-    labels = table.column("label").to_numpy()[keep]
-    return torch.from_numpy(np.ascontiguousarray(mfcc[keep])), torch.from_numpy(labels.astype(np.int64))
+    split = np.asarray(table.column("split").to_pylist())
+    labels = table.column("label").to_numpy().astype(np.int64)
+    return {s: (torch.from_numpy(np.ascontiguousarray(mfcc[split == s])), torch.from_numpy(labels[split == s]))
+            for s in ("train", "val")}
 
 
-def plain_epochs(features: str, model_name: str, epochs: int, batch: int, lr: float, seed: int) -> list[float]:
+def plain_epochs(splits: dict[str, Split], model_name: str, epochs: int, batch: int, lr: float,
+                 seed: int) -> list[float]:
     """The baseline: one process, in-memory tensors, torch's default threads. Returns seconds per epoch."""
-    xtr, ytr = split_tensors(features, "train")
-    xva, yva = split_tensors(features, "val")
+    (xtr, ytr), (xva, yva) = splits["train"], splits["val"]
     mean, std = xtr.mean(dim=(0, 1)), xtr.std(dim=(0, 1)) + 1e-8  # train statistics, as raygenre does
     xtr, xva = (xtr - mean) / std, (xva - mean) / std
     hidden, wd = resolve_hparams(model_name, None, None)
@@ -112,9 +115,10 @@ def main() -> None:
     synthetic = " (SYNTHETIC audio, not real music)" if manifest.get("synthetic") else ""
     print(f"features: {features}{synthetic}; segments: {counts}; Ray start-up {t_ray[0]:.1f} s")
 
+    splits = split_tensors(features)
     rows = []
     for name in args.models.split(","):
-        plain = plain_epochs(features, name, args.epochs, base.batch_size, base.lr, args.seed)
+        plain = plain_epochs(splits, name, args.epochs, base.batch_size, base.lr, args.seed)
         walls, compute, total = ray_epochs(features, name, args.epochs, args.workers, base.batch_size, base.lr,
                                            args.seed)
         p, r, c = statistics.median(plain[1:]), statistics.median(walls[1:]), statistics.median(compute[1:])
