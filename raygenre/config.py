@@ -86,6 +86,7 @@ class SynthConfig:
     sample_rate: int
     seed: int
     faults: bool  # add GTZAN's real-world faults: a corrupt file, a truncated one, varying lengths
+    difficulty: str  # easy (each genre its own recipe) | hard (genres overlap like real ones; see synth.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,11 +98,14 @@ class TrainConfig:
     workers: int
     gpu: bool
     lr: float
-    batch_size: int
+    batch_size: int  # GLOBAL batch: segments per optimizer step, split evenly across the workers
     dropout: float
     weight_decay: float | None  # L2 on the dense weights; None = the tutorial's (ann 1e-3, cnn/lstm 0)
     hidden: int | None  # first dense width (ann) / dense width (cnn) / LSTM size (lstm); None = tutorial's
-    patience: int  # early stopping: epochs without val-loss improvement
+    min_epochs: int  # early stopping never ends a run before this many epochs
+    patience: int  # early stopping: epochs without a new best validation accuracy (after min_epochs)
+    bn_momentum: float  # BatchNorm running-average momentum, PyTorch convention (Keras' 0.99 is 0.01 here)
+    bn_recompute: bool  # recompute BatchNorm statistics over the train split after every epoch
     max_failures: int  # worker failures tolerated (resume from the last checkpoint)
     seed: int
 

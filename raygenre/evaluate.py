@@ -79,6 +79,31 @@ def read_split(features_dir: str, split: str, columns: list[str] | None = None) 
     return ds.select_columns(columns) if columns else ds
 
 
+def read_split_arrays(features_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split in memory, read with plain pyarrow (no Ray): mfcc float32 (N, frames, n_mfcc), label int64 (N,).
+
+    Rows keep the table's order. Training holds its train and val splits this way: a GTZAN-size table is
+    ~70 MB, and a fresh uniform permutation of the train split every epoch needs random access to its rows.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    manifest, params = table_info(features_dir)
+    fs, inner = storage.resolve(table_path(features_dir))
+    table = pq.read_table(inner, filesystem=fs, columns=["mfcc", "label"], filters=[("split", "==", split)])
+    col = table.column("mfcc").combine_chunks()
+    shape = tuple(getattr(col.type, "shape", ()) or ())
+    want = (int(manifest["frames"]), params.n_mfcc)
+    if shape and shape != want:
+        raise FeatureMismatchError(f"{features_dir}: the table's mfcc is {shape} but features.json says {want}; "
+                                   f"the table is damaged or mixed: re-run `raygenre featurize --overwrite`")
+    flat = col.storage.flatten() if isinstance(col.type, pa.ExtensionType) else col.flatten()
+    x = flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(table), *want)
+    return x, table.column("label").to_numpy().astype(np.int64)
+
+
 def score(probs: np.ndarray, labels: np.ndarray, track_ids: np.ndarray | list[str], n_classes: int) -> dict[str, Any]:
     """Metrics from segment probabilities (N, C), true labels (N,) and track ids (N,) (pure numpy)."""
     probs = np.asarray(probs, dtype=np.float64)

@@ -9,7 +9,10 @@ Faithful to the Keras originals where it matters:
 * the same layers, widths and parameter counts (ANN 1,014,218; CNN 45,322 trainable + 192 BatchNorm
   running statistics; LSTM 57,802 in Keras, 58,314 here: see ``LSTM``);
 * Keras initialisation (Glorot-uniform kernels, zero biases, orthogonal recurrent kernels, forget-gate bias 1),
-  Keras ``"same"`` max-pooling and Keras BatchNorm settings (``epsilon=1e-3``, ``momentum=0.99``);
+  Keras ``"same"`` max-pooling and Keras' BatchNorm ``epsilon=1e-3``. BatchNorm momentum is PyTorch's 0.1 by
+  default (``bn_momentum``; Keras' 0.99 is 0.01 here): with 0.01 the running statistics need hundreds of steps
+  to forget their initial values, and the eval-mode CNN sat at chance on small tables. Training recomputes
+  the statistics over the train split anyway (``raygenre.train.recompute_batchnorm``);
 * L2 regularisation as the tutorial wrote it (``kernel_regularizer=l2(wd)``): ``wd * sum(w**2)`` over the
   kernels of the hidden dense layers, added to the loss (``l2_penalty``), not decoupled AdamW decay.
 """
@@ -111,7 +114,7 @@ class CNN(nn.Module):
     SPEC = ((3, 3, 2), (3, 3, 2), (2, 2, 2))  # (conv kernel, pool kernel, pool stride) per block
 
     def __init__(self, frames: int, n_mfcc: int, n_genres: int, hidden: int = 64, dropout: float = 0.3,
-                 channels: int = 32):
+                 channels: int = 32, bn_momentum: float = 0.1):
         super().__init__()
         blocks = []
         h, w, c_in = frames, n_mfcc, 1
@@ -124,7 +127,7 @@ class CNN(nn.Module):
             h, w = pool.out_size(h), pool.out_size(w)
             blocks.append(nn.Sequential(
                 nn.Conv2d(c_in, channels, conv_k), nn.ReLU(), pool,
-                nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01),  # Keras: epsilon 1e-3, momentum 0.99
+                nn.BatchNorm2d(channels, eps=1e-3, momentum=bn_momentum),  # Keras: eps 1e-3, momentum 0.99 (=0.01)
             ))
             c_in = channels
         self.blocks = nn.ModuleList(blocks)
@@ -176,12 +179,17 @@ _CLASSES: dict[str, type[nn.Module]] = {"ann": ANN, "cnn": CNN, "lstm": LSTM}
 
 
 def build_model(name: str, frames: int, n_mfcc: int, n_genres: int, hidden: int | None = None,
-                dropout: float = 0.3) -> nn.Module:
-    """A fresh model by name (``ann``, ``cnn``, ``lstm``); ``hidden=None`` takes the tutorial's width."""
+                dropout: float = 0.3, bn_momentum: float = 0.1) -> nn.Module:
+    """A fresh model by name (``ann``, ``cnn``, ``lstm``); ``hidden=None`` takes the tutorial's width.
+
+    ``bn_momentum`` (PyTorch's convention: the weight of the newest batch) matters only for the CNN.
+    """
     if name not in _CLASSES:
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
     if hidden is None:
         hidden = int(TUTORIAL_DEFAULTS[name]["hidden"])
+    if name == "cnn":
+        return CNN(frames, n_mfcc, n_genres, hidden=hidden, dropout=dropout, bn_momentum=bn_momentum)
     return _CLASSES[name](frames, n_mfcc, n_genres, hidden=hidden, dropout=dropout)
 
 

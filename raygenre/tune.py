@@ -6,9 +6,12 @@ Tune with ``TuneReportCallback`` (which also passes the epoch's checkpoint path)
 asks for almost nothing (``cpu: 0.01``); its Train workers hold the real resources, and the number of
 concurrent trials is derived from the cluster so trials never wait on each other for CPUs (no deadlock).
 
-One Tuner per architecture (``OUT/tune/<model>``), with ASHA on validation loss: learning curves of
-different architectures are not comparable at early rungs, so each competes with its own kind. Afterwards
-the best trial of each model (lowest validation loss) is evaluated on the test split and exported as a
+One Tuner per architecture (``OUT/tune/<model>``), with ASHA on validation accuracy (the metric ``raygenre
+train`` picks its best epoch by): learning curves of different architectures are not comparable at early
+rungs, so each competes with its own kind, and no trial is judged before ``grace_period`` epochs (at least
+half the budget by default: first epochs are noisy, and on real GTZAN the first rungs cut the wrong CNNs).
+Afterwards the best trial of each model (highest validation accuracy) is evaluated on the test split and
+exported as a
 model artifact (``OUT/models/<model>``); the overall best becomes ``OUT/models/best`` and the workspace's
 default model, which ``raygenre label`` uses when given no ``--model``.
 """
@@ -68,28 +71,39 @@ def search_space(spec: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return space
 
 
-def make_search_alg(name: str, seed: int, max_concurrent: int) -> Any:
+def default_point(base: TrainConfig, space: dict[str, Any]) -> dict[str, Any]:
+    """The trainer's own defaults for the searched hyperparameters: the first trial of every search.
+
+    So a search never exports a model worse (on validation) than plain ``raygenre train`` with the same
+    budget: the default configuration is always one of its trials.
+    """
+    cfg = effective_config(base)
+    return {k: getattr(cfg, k) for k in HPARAMS if k in space}
+
+
+def make_search_alg(name: str, seed: int, max_concurrent: int, points: list[dict[str, Any]] | None = None) -> Any:
     """The search algorithm named in the config: random (default), or optuna/hyperopt when installed.
 
-    ``max_concurrent`` must be given to a ``BasicVariantGenerator`` itself: Tune applies
-    ``max_concurrent_trials`` only to generators it creates, and two trials on a 2-CPU machine deadlock.
+    ``points`` are evaluated first (each replaces one of ``num_samples``). ``max_concurrent`` must be given to
+    a ``BasicVariantGenerator`` itself: Tune applies ``max_concurrent_trials`` only to generators it creates,
+    and two trials on a 2-CPU machine deadlock.
     """
     if name == "random":
         from ray.tune.search import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
+        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent, points_to_evaluate=points)
     if name == "optuna":
         try:
             from ray.tune.search.optuna import OptunaSearch
 
-            return OptunaSearch(seed=seed)
+            return OptunaSearch(seed=seed, points_to_evaluate=points)
         except ImportError as exc:
             raise ValueError("search_alg optuna needs the optuna package: pip install optuna") from exc
     if name == "hyperopt":
         try:
             from ray.tune.search.hyperopt import HyperOptSearch
 
-            return HyperOptSearch(random_state_seed=seed)
+            return HyperOptSearch(random_state_seed=seed, points_to_evaluate=points)
         except ImportError as exc:
             raise ValueError("search_alg hyperopt needs the hyperopt package: pip install hyperopt") from exc
     raise ValueError(f"unknown search_alg {name!r}: use random, optuna or hyperopt")
@@ -155,7 +169,7 @@ def trial_table(model: str, results: Any, max_epochs: int) -> pd.DataFrame:
             rows.append({"model": model, "trial_id": r.path.rstrip("/").rsplit("/", 1)[-1], "epochs": 0,
                          "error": str(r.error) if r.error else "no result", **{k: r.config.get(k) for k in HPARAMS}})
             continue
-        best = df.loc[df["val_loss"].idxmin()]
+        best = df.sort_values(["val_acc", "val_loss"], ascending=[False, True]).iloc[0]
         epochs = int(df["epoch"].max())
         patience_stop = bool(df["stopped_early"].iloc[-1]) if "stopped_early" in df else False
         rows.append({
@@ -200,6 +214,9 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, base: TrainConfig,
     from raygenre.runtime import ensure_ray
 
     t0 = time.time()
+    if not 1 <= cfg.grace_period <= cfg.max_epochs:
+        raise ValueError(f"tune: grace_period {cfg.grace_period} must be between 1 and max_epochs {cfg.max_epochs} "
+                         f"(ASHA judges no trial before grace_period epochs)")
     resources = ensure_ray(address)
     concurrent, per_worker = plan_concurrency(resources, cfg)
     gpus_per_worker = cfg.gpus_per_trial / cfg.workers_per_trial if cfg.gpus_per_trial > 0 else 0.0
@@ -225,12 +242,13 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, base: TrainConfig,
         else:
             if storage.exists(path):
                 storage.remove(path)
-            search_alg = make_search_alg(cfg.search_alg, cfg.seed, concurrent)
+            search_alg = make_search_alg(cfg.search_alg, cfg.seed, concurrent,
+                                         [default_point(mbase, cfg.search_spaces[model])])
             tuner = tune.Tuner(
                 trainable,
                 param_space=search_space(cfg.search_spaces[model]),
                 tune_config=tune.TuneConfig(
-                    metric="val_loss", mode="min", num_samples=cfg.num_samples, search_alg=search_alg,
+                    metric="val_acc", mode="max", num_samples=cfg.num_samples, search_alg=search_alg,
                     # a Searcher (optuna, hyperopt) is limited by Tune; the random generator limits itself
                     max_concurrent_trials=concurrent if isinstance(search_alg, Searcher) else None,
                     scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.max_epochs,
@@ -242,10 +260,11 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, base: TrainConfig,
         results = tuner.fit()
         table = trial_table(model, results, cfg.max_epochs)
         tables.append(table)
-        ok = table.dropna(subset=["best_val_loss"]) if "best_val_loss" in table else table.iloc[0:0]
+        ok = table.dropna(subset=["best_val_acc"]) if "best_val_acc" in table else table.iloc[0:0]
         if ok.empty:
             raise RuntimeError(f"every {model} trial failed; see {path} (first error: {table['error'].iloc[0]})")
-        top = ok.loc[ok["best_val_loss"].idxmin()]
+        # highest validation accuracy; ties go to the lower validation loss
+        top = ok.sort_values(["best_val_acc", "best_val_loss"], ascending=[False, True]).iloc[0]
         tcfg = _trial_cfg(mbase, top.to_dict())
         state = _read_checkpoint_state(top["checkpoint_path"])
         model_dir = storage.join(out, "models", model)
@@ -258,7 +277,7 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, base: TrainConfig,
     storage.write_text_atomic(storage.join(out, "trials.csv"), trials.to_csv(index=False))
     fs, inner = storage.resolve(storage.join(out, "trials.parquet"))
     trials.to_parquet(inner, filesystem=fs, index=False)
-    winner = min(best, key=lambda m: best[m]["val_loss"])
+    winner = max(best, key=lambda m: (best[m]["val_acc"], -best[m]["val_loss"]))
     best_dir = storage.join(out, "models", "best")
     _copy_dir(best[winner]["model_dir"], best_dir)
     default_dir = str(workspace.default_model_dir())

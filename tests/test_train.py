@@ -15,7 +15,7 @@ from conftest import write_feature_table, write_tone_track
 
 import raygenre
 from raygenre.config import load_config
-from raygenre.evaluate import evaluate, plot_confusion, read_split, score, table_info
+from raygenre.evaluate import evaluate, plot_confusion, read_split, read_split_arrays, score, table_info
 from raygenre.featurize import FeatureMismatchError, read_mfcc_table
 from raygenre.train import FAULT_ENV, effective_config, load_stats, train
 
@@ -110,7 +110,7 @@ def test_standardisation_stats_use_the_train_split_only(table: str) -> None:
     rows, mfcc = read_mfcc_table(table)
     train_rows = np.asarray(rows.column("split").to_pylist()) == "train"
     frames = mfcc[train_rows].reshape(-1, 13).astype(np.float64)
-    mean, std = load_stats(read_split(table, "train", ["mfcc"]), 13)
+    mean, std = load_stats(read_split_arrays(table, "train")[0], chunk=7)  # chunks merge exactly
     assert mean.dtype == np.float32 and mean.shape == (13,)
     assert np.allclose(mean, frames.mean(0), rtol=1e-5, atol=1e-3)
     assert np.allclose(std, frames.std(0), rtol=1e-5)
@@ -135,12 +135,13 @@ def test_train_end_to_end(baseline, table: str) -> None:
     assert model.meta["run_dir"] == result.run_dir
     assert model.meta["metrics"]["test"]["track_accuracy"] == result.test["track_accuracy"]
     assert model.meta["metrics"]["best_epoch"] == result.best_epoch
-    mean, std = load_stats(read_split(table, "train", ["mfcc"]), 13)
+    mean, std = load_stats(read_split_arrays(table, "train")[0])
     assert np.allclose(model.mean.numpy(), mean) and np.allclose(model.std.numpy(), std)
 
-    # the exported weights are the best epoch's: they reproduce its validation loss
+    # the exported weights are the best epoch's (highest val accuracy, then lowest val loss): they reproduce
+    # its validation loss
     best = result.history[result.best_epoch - 1]
-    assert best["val_loss"] == min(r["val_loss"] for r in result.history)
+    assert (best["val_acc"], -best["val_loss"]) == max((r["val_acc"], -r["val_loss"]) for r in result.history)
     val = evaluate(model, table, split="val")
     assert val["loss"] == pytest.approx(best["val_loss"], rel=1e-4)
     assert evaluate(model, table)["segment_accuracy"] == result.test["segment_accuracy"]
@@ -180,8 +181,8 @@ def test_same_seed_same_metrics(table: str, tmp_path: Path) -> None:
 def featurized_run(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> tuple[Any, Any]:
     """A table written by the real `raygenre featurize` (2 genres x 3 tracks of 3.2 s), trained with lr 0.
 
-    lr 0 keeps the weights fixed, so the validation loss never improves after epoch 1 and early stopping
-    (patience 1) must end the run at epoch 2 of 4. One run serves both tests below (each run costs ~30 s).
+    lr 0 keeps the weights fixed, so the validation accuracy never improves after epoch 1 and early stopping
+    (min_epochs 1, patience 1) must end the run at epoch 2 of 4. One run serves both tests below (~30 s).
     """
     from raygenre.featurize import featurize
 
@@ -192,7 +193,7 @@ def featurized_run(tmp_path_factory: pytest.TempPathFactory, ray_local: None) ->
                              seed=gi * 10 + i)
     fcfg = load_config("featurize", overrides={"segments": 1})
     featurize(str(root / "data"), str(root / "features"), fcfg)
-    result = train(str(root / "features"), cfg(model="lstm", workers=1, epochs=4, patience=1, lr=0.0,
+    result = train(str(root / "features"), cfg(model="lstm", workers=1, epochs=4, min_epochs=1, patience=1, lr=0.0,
                                                batch_size=4), str(root / "model"), storage_path=str(root / "runs"))
     return result, fcfg
 
@@ -207,10 +208,10 @@ def test_featurize_then_train(featurized_run) -> None:
     assert dataclasses.asdict(model.features)["n_mfcc"] == 13
 
 
-def test_early_stopping_on_val_loss(featurized_run) -> None:
+def test_early_stopping(featurized_run) -> None:
     result, _ = featurized_run
     assert [r["epoch"] for r in result.history] == [1, 2]
-    assert result.history[0]["val_loss"] == result.history[1]["val_loss"]
+    assert result.history[0]["val_acc"] == result.history[1]["val_acc"]
     assert result.stopped_early and result.best_epoch == 1
     meta = raygenre.load_model(result.model_dir).meta
     assert meta["metrics"]["stopped_early"] is True and meta["metrics"]["epochs_run"] == 2
