@@ -86,6 +86,10 @@ def synth(
     faults: bool | None = typer.Option(None, "--faults/--no-faults",
                                        help="Add GTZAN's real faults: a corrupt jazz.00054.wav, a truncated "
                                        "file, lengths that vary around --seconds (default: off)."),
+    difficulty: str | None = typer.Option(None, help="hard: genres overlap like real ones (each track borrows "
+                                          "rhythm, instruments, harmony or mix from other genres, louder noise), so "
+                                          "a correct model lands well below 100 %; easy: each genre keeps its own "
+                                          "recipe (default: hard)."),
     config: Path | None = typer.Option(None, help=CONFIG_HELP),
 ) -> None:
     """Write the built-in SYNTHETIC dataset: OUT_DIR/genres_original/<genre>/<genre>.000NN.wav.
@@ -98,10 +102,10 @@ def synth(
     from raygenre.synth import synthesize
 
     cfg = load_config("synth", config, {"tracks_per_genre": tracks_per_genre, "seconds": seconds,
-                                        "seed": seed, "faults": faults})
+                                        "seed": seed, "faults": faults, "difficulty": difficulty})
     result = synthesize(out_dir, cfg)
-    console.print(f"Wrote {result.tracks} synthetic tracks (seed {cfg.seed}) to {out_dir}/genres_original "
-                  f"in {result.seconds:.1f} s. [dim](synthetic: not real music)[/]")
+    console.print(f"Wrote {result.tracks} synthetic {cfg.difficulty} tracks (seed {cfg.seed}) to "
+                  f"{out_dir}/genres_original in {result.seconds:.1f} s. [dim](synthetic: not real music)[/]")
 
 
 # ----------------------------------------------------------------------------------------------- featurize

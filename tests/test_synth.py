@@ -21,6 +21,7 @@ from raygenre.audio import load as audio_load
 from raygenre.config import SynthConfig, load_config
 from raygenre.gtzan import GENRES, discover
 from raygenre.synth import (
+    HARD_NOISE_DB,
     RECIPES,
     SCALES,
     STEP_PROB,
@@ -29,6 +30,7 @@ from raygenre.synth import (
     compose,
     make_library,
     synthesize,
+    track_recipe,
 )
 
 SR = 22050
@@ -68,6 +70,24 @@ def test_recipes_are_well_formed() -> None:
     assert chord("bVII5") == (10, (0, 7, 12)) and chord("ii7") == (2, (0, 3, 7, 10))
     with pytest.raises(ValueError):
         chord("IX")
+
+
+def test_hard_tracks_borrow_traits_from_other_genres() -> None:
+    """easy: a track draws from its genre's recipe alone (and no extra random draws: old files stay identical);
+    hard: groups of traits come from other genres, and the mix is noisier."""
+    rng = np.random.default_rng(0)
+    assert track_recipe("jazz", rng, "easy") is RECIPES["jazz"]
+    assert rng.random() == np.random.default_rng(0).random()  # easy drew nothing
+    borrowed = 0
+    for i in range(200):
+        r = track_recipe("jazz", np.random.default_rng([1, i]), "hard")
+        assert any(r.noise == (g.noise[0] + HARD_NOISE_DB, g.noise[1] + HARD_NOISE_DB) for g in RECIPES.values())
+        borrowed += r.tempo != RECIPES["jazz"].tempo or r.kick != RECIPES["jazz"].kick
+    assert 10 < borrowed < 60  # some tracks, not most, play another genre's rhythm or drums
+    with pytest.raises(ValueError, match="unknown difficulty"):
+        track_recipe("jazz", rng, "medium")
+    with pytest.raises(ValueError, match="unknown difficulty"):
+        synthesize(Path("/nonexistent"), tiny(difficulty="medium"), workers=1, progress=False)
 
 
 def test_streaming_in_chunks_gives_the_same_samples() -> None:
