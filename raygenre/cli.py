@@ -418,7 +418,9 @@ def print_trials(trials: Any, synthetic: bool) -> None:
 def tune(
     models: str | None = typer.Option(None, help="Comma-separated models to search (default: ann,cnn,lstm)."),
     num_samples: int | None = typer.Option(None, help="Trials per model (default: 2)."),
-    max_epochs: int | None = typer.Option(None, help="Epochs a trial may run (default: 6; ASHA stops bad ones)."),
+    max_epochs: int | None = typer.Option(None, help="Epochs a trial may run (default: 12; ASHA stops bad ones)."),
+    grace_period: int | None = typer.Option(None, help="Epochs every trial runs before ASHA may stop it "
+                                            "(default: half of --max-epochs)."),
     features: str | None = typer.Option(None, help="Feature table (default: the built-in synthetic dataset)."),
     workers_per_trial: int | None = typer.Option(None, help="Ray Train workers per trial (default: 1)."),
     gpus_per_trial: float | None = typer.Option(None, help="GPUs per trial, may be fractional (default: 0)."),
@@ -433,7 +435,7 @@ def tune(
     """Search hyperparameters of the models on Ray Tune (ASHA), each trial a Ray Train run.
 
     Prints one row per trial, exports the best trial of each model (tested on the test split) to
-    OUT/models/<model>, and the overall best (lowest validation loss) to OUT/models/best and to the default
+    OUT/models/<model>, and the overall best (highest validation accuracy) to OUT/models/best and to the default
     model that `raygenre label` uses. TensorBoard: tensorboard --logdir OUT/tune
     """
     from raygenre import workspace
@@ -443,8 +445,8 @@ def tune(
 
     cfg = load_config("tune", config, {
         "models": [m.strip() for m in models.split(",")] if models else None, "num_samples": num_samples,
-        "max_epochs": max_epochs, "workers_per_trial": workers_per_trial, "gpus_per_trial": gpus_per_trial,
-        "max_concurrent": max_concurrent})
+        "max_epochs": max_epochs, "grace_period": grace_period, "workers_per_trial": workers_per_trial,
+        "gpus_per_trial": gpus_per_trial, "max_concurrent": max_concurrent})
     if out is None:
         runs = sorted((workspace.home() / "runs").glob("tune-*")) if resume else []
         out = str(runs[-1]) if runs else str(workspace.new_run_dir("tune"))
@@ -458,7 +460,7 @@ def tune(
     print_trials(result.trials, result.synthetic)
     for m, b in result.best.items():
         t = b["test"]
-        console.print(f"best {m}: val loss {b['val_loss']:.4f} -> test segment acc {t['segment_accuracy']:.1%}, "
+        console.print(f"best {m}: val acc {b['val_acc']:.3f} -> test segment acc {t['segment_accuracy']:.1%}, "
                       f"track acc {t['track_accuracy']:.1%}, macro F1 {t['macro_f1']:.3f}   {b['model_dir']}")
     console.print(f"overall best: [bold]{result.best_model}[/] -> {result.best_model_dir}"
                   + _synthetic_tag(result.synthetic))

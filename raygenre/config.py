@@ -120,7 +120,7 @@ class TuneConfig:
     workers_per_trial: int
     gpus_per_trial: float
     max_concurrent: int  # 0 = derive from the cluster's resources
-    grace_period: int  # ASHA: epochs every trial gets
+    grace_period: int | None  # ASHA: epochs every trial gets; None = half of max_epochs (rounded up)
     reduction_factor: int  # ASHA
     search_alg: str  # "random" (default); "optuna"/"hyperopt" if installed
     seed: int

@@ -71,6 +71,15 @@ def search_space(spec: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return space
 
 
+def grace_period(cfg: TuneConfig) -> int:
+    """ASHA's grace period: the config's, or half of ``max_epochs`` (rounded up) when it says null."""
+    grace = cfg.grace_period if cfg.grace_period is not None else math.ceil(cfg.max_epochs / 2)
+    if not 1 <= grace <= cfg.max_epochs:
+        raise ValueError(f"tune: grace_period {grace} must be between 1 and max_epochs {cfg.max_epochs} "
+                         f"(ASHA judges no trial before grace_period epochs)")
+    return grace
+
+
 def default_point(base: TrainConfig, space: dict[str, Any]) -> dict[str, Any]:
     """The trainer's own defaults for the searched hyperparameters: the first trial of every search.
 
@@ -214,9 +223,7 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, base: TrainConfig,
     from raygenre.runtime import ensure_ray
 
     t0 = time.time()
-    if not 1 <= cfg.grace_period <= cfg.max_epochs:
-        raise ValueError(f"tune: grace_period {cfg.grace_period} must be between 1 and max_epochs {cfg.max_epochs} "
-                         f"(ASHA judges no trial before grace_period epochs)")
+    grace = grace_period(cfg)
     resources = ensure_ray(address)
     concurrent, per_worker = plan_concurrency(resources, cfg)
     gpus_per_worker = cfg.gpus_per_trial / cfg.workers_per_trial if cfg.gpus_per_trial > 0 else 0.0
@@ -252,7 +259,7 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, base: TrainConfig,
                     # a Searcher (optuna, hyperopt) is limited by Tune; the random generator limits itself
                     max_concurrent_trials=concurrent if isinstance(search_alg, Searcher) else None,
                     scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.max_epochs,
-                                            grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor),
+                                            grace_period=grace, reduction_factor=cfg.reduction_factor),
                 ),
                 run_config=tune.RunConfig(name=model, storage_path=experiments, verbose=verbose,
                                           failure_config=tune.FailureConfig(max_failures=base.max_failures)),

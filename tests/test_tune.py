@@ -16,7 +16,7 @@ from conftest import write_feature_table
 
 import raygenre
 from raygenre.config import load_config
-from raygenre.tune import plan_concurrency, tune_models
+from raygenre.tune import grace_period, plan_concurrency, tune_models
 
 TINY = {"num_samples": 2, "max_epochs": 3, "grace_period": 1, "reduction_factor": 2}
 
@@ -34,6 +34,15 @@ def test_concurrency_fits_the_cluster() -> None:
     assert plan_concurrency({"CPU": 16.0}, capped)[0] == 1
     with pytest.raises(ValueError, match="tune needs at least"):  # 1 CPU: nothing left for a worker
         plan_concurrency({"CPU": 1.0}, cfg)
+
+
+def test_grace_period_is_half_the_budget_unless_set() -> None:
+    cfg = load_config("tune")
+    assert cfg.grace_period is None and grace_period(cfg) == cfg.max_epochs // 2 == 6
+    assert grace_period(load_config("tune", overrides={"max_epochs": 3})) == 2  # rounded up
+    assert grace_period(load_config("tune", overrides={"max_epochs": 3, "grace_period": 1})) == 1
+    with pytest.raises(ValueError, match="grace_period 7 must be between 1 and max_epochs 4"):
+        grace_period(load_config("tune", overrides={"max_epochs": 4, "grace_period": 7}))
 
 
 def test_search_spaces_hold_the_tutorial_values() -> None:
