@@ -5,7 +5,10 @@
 WAV variants) falls back to librosa/audioread, which uses ffmpeg. Resampling uses soxr (librosa's default
 ``soxr_hq``), downmixing the channel mean (as ``librosa.to_mono``).
 
-Every failure is an ``AudioError`` whose ``reason`` is a short sentence a user can act on.
+Every failure is an ``AudioError`` whose ``reason`` is a short sentence a user can act on. Two kinds of file
+decode "fine" and would poison what comes after, so they are errors here too: a header whose sample rate is
+outside any real recording's range (a 100-byte WAV claiming 1 Hz read as a 100-second track), and samples that
+are not finite (a float WAV with NaN: one such segment made a whole model's statistics NaN).
 """
 
 from __future__ import annotations
@@ -43,6 +46,22 @@ class AudioInfo:
         return self.frames / self.sample_rate if self.sample_rate else 0.0
 
 
+MIN_SAMPLE_RATE = 1000  # Hz; below this no music recording exists (telephone audio is 8000)
+MAX_SAMPLE_RATE = 768_000  # Hz; the highest rate professional converters record at
+
+
+def _check_rate(sample_rate: int) -> None:
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"implausible sample rate {sample_rate} Hz in the header (audio is recorded at "
+                         f"{MIN_SAMPLE_RATE:,}-{MAX_SAMPLE_RATE:,} Hz): a damaged or wrong header")
+
+
+def _check_finite(x: np.ndarray) -> None:
+    if not np.isfinite(x).all():
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        raise AudioError(f"{bad} non-finite samples (NaN or infinity) in the decoded audio: damaged float data")
+
+
 def _check_file(path: str) -> None:
     if not os.path.exists(path):
         raise AudioError("file not found")
@@ -74,6 +93,7 @@ def _fallback_info(path: str, sf_error: str) -> AudioInfo:
         raise AudioError(_describe(exc, path, sf_error)) from exc
     if sr <= 0 or dur <= 0:
         raise AudioError(f"corrupt or not audio ({Path(path).suffix.lower()}): no audio stream found")
+    _check_rate(sr)
     return AudioInfo(sample_rate=sr, channels=ch, frames=int(dur * sr), seekable=False)
 
 
@@ -102,6 +122,7 @@ def info(path: str | os.PathLike[str]) -> AudioInfo:
         i = sf.info(path)
         if i.frames <= 0 or i.samplerate <= 0:
             raise AudioError("no audio frames in the file (truncated or empty data chunk)")
+        _check_rate(int(i.samplerate))
         return AudioInfo(sample_rate=int(i.samplerate), channels=int(i.channels), frames=int(i.frames),
                          seekable=True)
     except sf.LibsndfileError as exc:
@@ -143,6 +164,7 @@ def load_windows(path: str | os.PathLike[str], sr: int, starts_s: list[float],
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     x = f.read(frames=count, dtype="float32", always_2d=True)
+                _check_finite(x)
                 out.append(resample(_to_mono(x), hdr.sample_rate, sr))
     except sf.LibsndfileError as exc:
         raise AudioError(f"corrupt audio data: {exc}") from exc
@@ -164,5 +186,6 @@ def _fallback_windows(path: str, sr: int, starts_s: list[float], duration_s: flo
                                     res_type="soxr_hq")
         except Exception as exc:  # noqa: BLE001
             raise AudioError(_describe(exc, path)) from exc
+        _check_finite(y)
         out.append(np.asarray(y, dtype=np.float32))
     return out

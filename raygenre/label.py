@@ -453,7 +453,12 @@ class Predictor:
         probs = (self.model.predict_proba(np.concatenate(segs)) if segs
                  else np.zeros((0, len(self.genres)), dtype=np.float32))
         mean = mean_per_file(np.asarray(probs, dtype=np.float32), used)
-        ok = used > 0
+        errors = _errors(batch["error"])
+        # A model that outputs NaN/inf for a file must not give it a silent genre (argmax of NaN is genre 0).
+        broken = (used > 0) & ~np.isfinite(mean).all(axis=1)
+        for i in np.flatnonzero(broken):
+            errors[i] = "the model gave non-finite probabilities for this file (damaged model or input)"
+        ok = (used > 0) & ~broken
         best = np.where(ok, np.nan_to_num(mean).argmax(axis=1), 0)
         cols: dict[str, Any] = {
             "path": batch["path"],
@@ -462,7 +467,7 @@ class Predictor:
             **{f"p_{g}": pa.array(mean[:, j], mask=~ok) for j, g in enumerate(self.genres)},
             "duration_s": pa.array(batch["duration_s"], from_pandas=True),
             "segments_used": used.astype(np.int32),
-            "error": _errors(batch["error"]),
+            "error": errors,
             "model": [self.id] * len(used),
             "size": batch["size"],
             "mtime": batch["mtime"],

@@ -63,6 +63,20 @@ def write_tone_track(path: Path, seconds: float, sr: int = 22050, seed: int = 0,
     return data
 
 
+def write_nan_track(path: Path, seconds: float, sr: int = 22050) -> None:
+    """A float WAV that decodes but holds NaN samples (every 0.5 s), as damaged float data does."""
+    y = (0.1 * np.random.default_rng(0).standard_normal(int(seconds * sr))).astype(np.float32)
+    y[:: sr // 2] = np.nan
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, y, sr, subtype="FLOAT")
+
+
+def write_lying_header(path: Path) -> None:
+    """A tiny WAV whose header claims 1 Hz: 100 samples that would read as a 100-second track."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.full(100, 0.1, dtype=np.float32), 1, subtype="PCM_16", format="WAV")
+
+
 def write_feature_table(out: Path, genres: tuple[str, ...] = ("blues", "classical", "jazz", "metal"),
                         tracks: dict[str, int] | None = None, segments: int = 3, seconds: float = 3.0,
                         n_mfcc: int = 13, seed: int = 0, synthetic: bool = True, blocks: int = 4) -> dict:

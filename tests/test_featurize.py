@@ -13,7 +13,7 @@ from pathlib import Path
 import librosa
 import numpy as np
 import pytest
-from conftest import REPO, shared_dir, write_tone_track
+from conftest import REPO, shared_dir, write_lying_header, write_nan_track, write_tone_track
 
 from raygenre.config import load_config
 from raygenre.features import MfccExtractor, cut_segments, window_starts
@@ -159,6 +159,8 @@ def table(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> tuple[Pa
     full = (g / "rock" / "rock.00000.wav").read_bytes()
     (g / "rock" / "rock.00093.wav").write_bytes(full[: len(full) // 20])  # truncated: header says 6 s
     write_tone_track(g / "jazz" / "jazz.00094.wav", 4.0)  # one full segment + one dropped
+    write_nan_track(g / "jazz" / "jazz.00095.wav", 6.2)  # decodes, but NaN samples would poison the statistics
+    write_lying_header(g / "rock" / "rock.00096.wav")  # 100 samples "at 1 Hz"
     out = tmp_path_factory.mktemp("out") / "features"
     result = featurize(str(root), str(out), small_cfg())
     return root, out, result.manifest
@@ -201,12 +203,17 @@ def test_no_track_in_two_splits(table) -> None:
 def test_rejects_are_recorded_with_reasons(table) -> None:
     manifest = table[2]
     reasons = {r["track_id"].rsplit("/", 1)[1]: r["reason"] for r in manifest["rejects"]}
-    assert set(reasons) == {"jazz.00054", "rock.00090", "blues.00091", "blues.00092", "rock.00093"}
+    assert set(reasons) == {"jazz.00054", "rock.00090", "blues.00091", "blues.00092", "rock.00093", "jazz.00095",
+                            "rock.00096"}
     assert "corrupt" in reasons["jazz.00054"]
     assert "empty" in reasons["rock.00090"]
     assert "too short" in reasons["blues.00091"] and "too short" in reasons["rock.00093"]
     assert "not audio" in reasons["blues.00092"]
-    assert manifest["counts"]["rejected_tracks"] == 5
+    assert "non-finite samples" in reasons["jazz.00095"]
+    assert "implausible sample rate 1 Hz" in reasons["rock.00096"]
+    assert manifest["counts"]["rejected_tracks"] == 7
+    _, mfcc = read_mfcc_table(str(table[1]))
+    assert np.isfinite(mfcc).all()
 
 
 def test_table_reads_with_ray_data(table, ray_local) -> None:

@@ -26,19 +26,21 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import torch
-from conftest import REPO, write_tone_track
+from conftest import REPO, write_lying_header, write_nan_track, write_tone_track
 from typer.testing import CliRunner
 
-from raygenre.artifact import save_model
+from raygenre.artifact import load_model, save_model
 from raygenre.cli import app
 from raygenre.config import load_config
 from raygenre.features import MfccExtractor, window_starts
 from raygenre.label import (
     SCAN_SHARDS,
     NoModelError,
+    Predictor,
     ResumeMismatchError,
     _pool_sizes,
     consolidate,
+    decode_batch,
     decode_file,
     format_of,
     label_library,
@@ -185,8 +187,11 @@ def make_bad_files(lib: Path, scratch: Path) -> dict[str, str]:
     (lib / "truncated.wav").write_bytes(blob[: len(blob) // 3])  # header promises 6 s, 2 s are there
     write_tone_track(lib / "tiny.au", 1.0, fmt="AU")
     (lib / "dangling.ogg").symlink_to(scratch / "nowhere.ogg")
+    write_nan_track(lib / "nan.wav", 7.0)
+    write_lying_header(lib / "one-hertz.wav")
     return {"empty.wav": "empty", "corrupt.flac": "corrupt", "notes.mp3": "not audio", "truncated.wav": "",
-            "tiny.au": "too short", "dangling.ogg": "broken symbolic link"}
+            "tiny.au": "too short", "dangling.ogg": "broken symbolic link", "nan.wav": "non-finite samples",
+            "one-hertz.wav": "implausible sample rate"}
 
 
 @dataclasses.dataclass
@@ -246,8 +251,8 @@ def test_long_and_short_files(mixed_run: MixedRun) -> None:
 def test_bad_files_get_error_rows_and_exit_1(mixed_run: MixedRun) -> None:
     assert mixed_run.exit_code == 1, mixed_run.output
     n = len(mixed_run.rows)
-    assert n == 8 + 4 + 6
-    assert f"{n} rows, 7 with errors" in mixed_run.output  # the 6 bad files and short.wav
+    assert n == 8 + 4 + 8
+    assert f"{n} rows, 9 with errors" in mixed_run.output  # the 8 bad files and short.wav
     assert "SYNTHETIC" in mixed_run.output and "Top genres" in mixed_run.output
     for name, word in mixed_run.bad.items():
         error = mixed_run.rows[name]["error"]
@@ -277,6 +282,28 @@ def test_labels_right_for_an_easy_case(ray_local: None, tmp_path: Path) -> None:
         check_probabilities(row, ["loud", "quiet"])
     assert dict(result.genres) == {"loud": 2, "quiet": 2} and not result.synthetic
 
+
+
+def test_non_finite_model_output_is_an_error_row_not_a_genre(tmp_path: Path) -> None:
+    """A model that answers NaN for loud input: those files get an error row; quiet files still get a genre."""
+    lib = tmp_path / "lib"
+    loud = write_tone_track(lib / "loud.wav", 4.0, seed=1)[:, 0]
+    sf.write(lib / "quiet.wav", loud * 0.01, F.sample_rate)
+    ex = MfccExtractor(F)
+    c0 = [ex(y[: F.segment_samples].astype(np.float32))[0, :, 0].mean() for y in (loud, loud * 0.01)]
+    model = load_model(loudness_model(tmp_path / "model", threshold=float(np.mean(c0))))
+    with torch.no_grad():  # finite weights, but loud input overflows float32 to inf logits -> NaN probabilities
+        model.module.dense[1].weight[0, 0] = 3e38
+    save_model(str(tmp_path / "damaged"), model.module, "ann", model.hparams, dataclasses.asdict(F), model.genres,
+               model.mean.numpy(), model.std.numpy(), {}, synthetic=True)
+    predictor = Predictor(str(tmp_path / "damaged"), "damaged")
+    paths = [str(lib / "loud.wav"), str(lib / "quiet.wav")]
+    batch = {"path": np.array(paths, dtype=object), "error": np.array([None, None], dtype=object),
+             "size": np.array([1, 1]), "mtime": np.array([0.0, 0.0]), "replaces": np.array([False, False])}
+    rows = {r["path"].rsplit("/", 1)[1]: r for r in predictor(decode_batch(batch, F, 10)).to_pylist()}
+    assert rows["loud.wav"]["genre"] is None and rows["loud.wav"]["p_loud"] is None
+    assert "non-finite probabilities" in rows["loud.wav"]["error"]
+    assert rows["quiet.wav"]["genre"] == "quiet" and rows["quiet.wav"]["error"] is None
 
 
 # ---------------------------------------------------------------------------------------- long / short
