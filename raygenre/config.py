@@ -205,17 +205,39 @@ def _build(cls: type[T], data: Any, where: str) -> T:
     return cls(**{k: _coerce(data[k], hints[k], f"{where}.{k}") for k in names})  # type: ignore[call-arg]
 
 
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file of settings as a dict; ``ConfigError`` (one line) for a missing file, a folder, malformed YAML
+    or a document that is not a mapping."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p} is a folder; --config takes a YAML file (see configs/ for examples)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read it ({exc})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{p}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected settings as `key: value` lines, got a {type(data).__name__}")
+    return data
+
+
 def load_config(section: str, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Any:
     """Load ``configs/<section>.yaml``, merge ``path`` (a user YAML) and ``overrides``; return the dataclass.
 
     Overrides may be nested (``{"features": {"n_mfcc": 20}}``); ``None`` values are ignored.
     """
     cls = SECTIONS[section]
-    default_file = config_dir() / f"{section}.yaml"
-    data = yaml.safe_load(default_file.read_text()) or {}
+    data = read_yaml(config_dir() / f"{section}.yaml")
     if path is not None:
-        user = yaml.safe_load(Path(path).read_text()) or {}
-        data = _merge(data, user)
+        data = _merge(data, read_yaml(path))
     data = _merge(data, overrides or {})
     return _build(cls, data, section)
 

@@ -99,6 +99,8 @@ class LabelResult:
 # ------------------------------------------------------------------------------------------------ paths
 def default_out(fmt: str) -> str:
     """``labels.<ext>`` in the current folder."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
     return f"labels{FORMATS[fmt]}"
 
 
