@@ -147,6 +147,10 @@ def _read_tensors(path: str) -> dict[str, torch.Tensor]:
     try:
         return st_load(data)
     except Exception as exc:  # safetensors raises its own error types; none of them runs code
+        header = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
+        if data[8:9] == b"{" and header > 0:  # a safetensors header: the file was cut short or damaged
+            raise ArtifactError(f"{path} is a truncated or damaged safetensors file ({len(data)} bytes; {exc}); "
+                                f"copy or export the model again") from None
         kind = ("a zip archive (torch.save format)" if data[:4] == b"PK\x03\x04"
                 else "a pickle" if data[:1] == b"\x80" else "not parseable")
         raise ArtifactError(
@@ -155,8 +159,89 @@ def _read_tensors(path: str) -> dict[str, torch.Tensor]:
         ) from None
 
 
+def _int(value: Any, where: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        rng = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ArtifactError(f"{where} must be an integer {rng}, got {value!r}")
+    return value
+
+
+def check_meta(meta: Any, where: str) -> tuple[str, FeatureParams, list[str], dict[str, Any], int]:
+    """Validate ``model.json`` (types, ranges, consistency) -> (model, features, genres, hparams, frames).
+
+    Each failure is one ``ArtifactError`` line naming the field, raised before any weights or Ray are touched.
+    """
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{where}: expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format", FORMAT) != FORMAT:
+        raise ArtifactError(f"{where}: format {meta.get('format')!r} is not {FORMAT!r}")
+    version = meta.get("format_version", FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise ArtifactError(f"{where}: format_version {version!r} is unknown to raygenre {__version__} "
+                            f"(it reads 1..{FORMAT_VERSION}); a newer raygenre wrote it: upgrade")
+    name = meta.get("model")
+    if name not in MODELS:
+        raise ArtifactError(f"{where}: unknown model {name!r}; this raygenre knows {', '.join(MODELS)}")
+    feats = meta.get("features")
+    fields = [f.name for f in dataclasses.fields(FeatureParams)]
+    if not isinstance(feats, dict) or set(feats) != set(fields):
+        raise ArtifactError(f"{where}: features must be an object with exactly {fields}, got {feats!r}")
+    sr = _int(feats["sample_rate"], f"{where}: features.sample_rate", 1000, 768_000)
+    n_fft = _int(feats["n_fft"], f"{where}: features.n_fft", 16)
+    hop = _int(feats["hop_length"], f"{where}: features.hop_length", 1, n_fft)
+    n_mels = _int(feats["n_mels"], f"{where}: features.n_mels", 1, n_fft // 2 + 1)
+    n_mfcc = _int(feats["n_mfcc"], f"{where}: features.n_mfcc", 1, n_mels)
+    seconds = feats["segment_seconds"]
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 600:
+        raise ArtifactError(f"{where}: features.segment_seconds must be a number of seconds in (0, 600], "
+                            f"got {seconds!r}")
+    features = FeatureParams(sample_rate=sr, n_mfcc=n_mfcc, n_fft=n_fft, hop_length=hop, n_mels=n_mels,
+                             segment_seconds=float(seconds))
+    frames = _int(meta.get("frames", features.frames), f"{where}: frames", 1)
+    if frames != features.frames:
+        raise ArtifactError(f"{where}: frames is {frames} but the feature parameters give {features.frames}")
+    genres = meta.get("genres")
+    if (not isinstance(genres, list) or len(genres) < 2
+            or not all(isinstance(g, str) and g.strip() for g in genres)):
+        raise ArtifactError(f"{where}: genres must be a list of at least 2 non-empty strings, got {genres!r}")
+    if len(set(genres)) != len(genres):
+        raise ArtifactError(f"{where}: genres lists {sorted({g for g in genres if genres.count(g) > 1})} twice")
+    hparams = meta.get("hparams")
+    if not isinstance(hparams, dict):
+        raise ArtifactError(f"{where}: hparams must be an object, got {hparams!r}")
+    if hparams.get("hidden") is not None:
+        _int(hparams["hidden"], f"{where}: hparams.hidden", 1)
+    dropout = hparams.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ArtifactError(f"{where}: hparams.dropout must be a number in [0, 1), got {dropout!r}")
+    return name, features, list(genres), dict(hparams), frames
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], n_mfcc: int, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pop and check the standardisation statistics; every weight must be finite. Returns (mean, std)."""
+    try:
+        mean, std = tensors.pop(NORM_MEAN).float(), tensors.pop(NORM_STD).float()
+    except KeyError:
+        raise ArtifactError(f"{where} lacks {NORM_MEAN}/{NORM_STD} (not a raygenre model)") from None
+    for key, t in ((NORM_MEAN, mean), (NORM_STD, std)):
+        if t.shape != (n_mfcc,):
+            raise ArtifactError(f"{where}: {key} has shape {tuple(t.shape)}; n_mfcc is {n_mfcc}")
+        if not torch.isfinite(t).all():
+            raise ArtifactError(f"{where}: {key} holds non-finite values")
+    if not (std > 0).all():
+        raise ArtifactError(f"{where}: {NORM_STD} must be positive (it divides the input), got {std.tolist()}")
+    for key, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ArtifactError(f"{where}: weight {key} holds non-finite values")
+    return mean, std
+
+
 def load_model(path: str) -> LoadedModel:
-    """Load an artifact folder (local path or URI) written by ``save_model``; the module is in eval mode, on CPU."""
+    """Load an artifact folder (local path or URI) written by ``save_model``; the module is in eval mode, on CPU.
+
+    ``model.json`` and the weights are checked strictly first (``check_meta``, ``check_tensors``): a damaged or
+    tampered artifact is one ``ArtifactError`` line naming what is wrong.
+    """
     path = str(path)
     if not storage.exists(path):
         raise ArtifactError(f"model folder {path} does not exist")
@@ -169,28 +254,17 @@ def load_model(path: str) -> LoadedModel:
         meta = json.loads(storage.read_text(meta_path))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{meta_path} is not valid JSON: {exc}") from None
-    name = meta.get("model")
-    if name not in MODELS:
-        raise ArtifactError(f"{meta_path}: unknown model {name!r}; this raygenre knows {', '.join(MODELS)}")
-    try:
-        features = FeatureParams(**meta["features"])
-        genres = [str(g) for g in meta["genres"]]
-        hparams = dict(meta["hparams"])
-    except (KeyError, TypeError) as exc:
-        raise ArtifactError(f"{meta_path} is incomplete or malformed ({exc!r})") from None
-    frames = int(meta.get("frames", features.frames))
+    name, features, genres, hparams, frames = check_meta(meta, meta_path)
     tensors = _read_tensors(weights_path)
+    mean, std = check_tensors(tensors, features.n_mfcc, weights_path)
     try:
-        mean, std = tensors.pop(NORM_MEAN).float(), tensors.pop(NORM_STD).float()
-    except KeyError:
-        raise ArtifactError(f"{weights_path} lacks {NORM_MEAN}/{NORM_STD} (not a raygenre model)") from None
-    module = build_model(name, frames, features.n_mfcc, len(genres), hidden=hparams.get("hidden"),
-                         dropout=float(hparams.get("dropout", 0.0)))
-    try:
+        module = build_model(name, frames, features.n_mfcc, len(genres), hidden=hparams.get("hidden"),
+                             dropout=float(hparams.get("dropout", 0.0)))
         module.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        raise ArtifactError(f"{weights_path} does not match a {name} model with the hyperparameters in "
-                            f"{META}: {exc}") from None
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ArtifactError(f"{weights_path} does not match a {name} model of {frames} frames x "
+                            f"{features.n_mfcc} coefficients with the hyperparameters in {META}: {first}") from None
     module.eval()
     return LoadedModel(module=module, name=name, hparams=hparams, features=features, genres=genres,
                        mean=mean, std=std, meta=meta)

@@ -185,3 +185,61 @@ def test_extra_metadata_never_replaces_the_contract(tmp_path: Path) -> None:
     meta = load_model(str(tmp_path / "m")).meta
     assert meta["features_dir"] == "/data/feats"
     assert meta["model"] == "ann" and meta["synthetic"] is True
+
+
+TAMPERED = [  # (change to model.json, words the one-line error must hold)
+    (lambda m: m["features"].update(hop_length=0), "features.hop_length must be an integer between 1 and 2048"),
+    (lambda m: m["features"].update(n_mfcc="13"), "features.n_mfcc must be an integer"),
+    (lambda m: m["features"].update(sample_rate=1), "features.sample_rate"),
+    (lambda m: m["features"].update(segment_seconds=-3), "features.segment_seconds"),
+    (lambda m: m.update(features=[22050, 13]), "features must be an object"),
+    (lambda m: m.update(frames=129), "frames is 129 but the feature parameters give 130"),
+    (lambda m: m.update(genres="abc"), "genres must be a list"),
+    (lambda m: m.update(genres=[*GENRES[:-1], "blues"]), "genres lists ['blues'] twice"),
+    (lambda m: m.update(genres=GENRES[:5]), "does not match a cnn model"),
+    (lambda m: m.update(format_version=99), "format_version 99 is unknown"),
+    (lambda m: m.update(format="something-else"), "format 'something-else'"),
+    (lambda m: m["hparams"].update(dropout=2), "hparams.dropout"),
+    (lambda m: m.update(hparams=[64]), "hparams must be an object"),
+]
+
+
+@pytest.mark.parametrize(("tamper", "words"), TAMPERED)
+def test_tampered_model_json_is_one_line_naming_the_field(tmp_path: Path, tamper, words: str) -> None:
+    _save(tmp_path / "m", "cnn")
+    meta = json.loads((tmp_path / "m" / META).read_text())
+    tamper(meta)
+    (tmp_path / "m" / META).write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError) as info:
+        load_model(str(tmp_path / "m"))
+    assert words in str(info.value) and "\n" not in str(info.value)
+    (tmp_path / "m" / META).write_text("[1, 2]")
+    with pytest.raises(ArtifactError, match="expected a JSON object"):
+        load_model(str(tmp_path / "m"))
+
+
+@pytest.mark.parametrize(("key", "value", "words"), [
+    ("norm.std", 0.0, "norm.std must be positive"),
+    ("norm.std", float("nan"), "norm.std holds non-finite values"),
+    ("norm.mean", float("inf"), "norm.mean holds non-finite values"),
+    ("out.bias", float("nan"), "weight out.bias holds non-finite values"),
+])
+def test_non_finite_or_zero_statistics_and_weights_are_refused(tmp_path: Path, key: str, value: float,
+                                                              words: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    _save(tmp_path / "m", "cnn")
+    tensors = load_file(str(tmp_path / "m" / WEIGHTS))
+    tensors[key][0] = value
+    save_file(tensors, str(tmp_path / "m" / WEIGHTS))
+    with pytest.raises(ArtifactError, match=words):
+        load_model(str(tmp_path / "m"))
+
+
+def test_truncated_weights_are_called_truncated(tmp_path: Path) -> None:
+    _save(tmp_path / "m", "cnn")
+    blob = (tmp_path / "m" / WEIGHTS).read_bytes()
+    (tmp_path / "m" / WEIGHTS).write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ArtifactError, match="truncated or damaged safetensors file") as info:
+        load_model(str(tmp_path / "m"))
+    assert "pickle" not in str(info.value)
