@@ -185,6 +185,10 @@ def print_label_summary(result: Any) -> None:
                   f"{result.audio_hours * 3600 / max(result.seconds, 1e-9):.0f}x real time); "
                   f"{result.resumed} were already labelled. {result.files} rows, {result.errors} with errors, "
                   f"written to {result.out} ({result.format}). Model: {result.model}.")
+    if result.set_aside:
+        console.print(f"[bold yellow]warning:[/] {len(result.set_aside)} unreadable result part(s) from an earlier run "
+                      f"were moved to {result.out}.parts/broken/ and their files labelled again: "
+                      f"{', '.join(result.set_aside)}")
     labelled = sum(n for _, n in result.genres)
     if result.genres:
         table = Table(title="Top genres")

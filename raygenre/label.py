@@ -31,6 +31,7 @@ import functools
 import io
 import json
 import os
+import re
 import stat
 import sys
 import time
@@ -63,6 +64,7 @@ FLUSH_SECONDS = 30.0  # a part is also written when this long has passed since t
 PARTS_SUFFIX = ".parts"
 RUN_FILE = "run.json"  # in OUT.parts/: the model and settings the parts were made with
 LOCK_FILE = ".lock"
+BROKEN_DIR = "broken"  # in OUT.parts/: parts found unreadable on resume, kept for inspection
 MAX_ERROR_EXAMPLES = 5
 
 
@@ -89,6 +91,7 @@ class LabelResult:
     model: str  # model id written in the ``model`` column
     synthetic: bool  # the model was trained on synthetic data
     error_examples: list[tuple[str, str]] = field(default_factory=list)  # (path, error), a few
+    set_aside: list[str] = field(default_factory=list)  # unreadable parts moved to PARTS/broken/ (relabelled)
 
     @property
     def resumed(self) -> int:
@@ -159,13 +162,28 @@ def _shard_of_path(path: str, prefix: str, shards: int) -> int | None:
 
 
 def _safe_str(path: str) -> tuple[str, str | None]:
-    """(path as valid UTF-8, error) - a file name that is not UTF-8 cannot be stored, so it becomes an error row."""
+    """(path as valid UTF-8, error): a name that is not UTF-8 cannot be stored, so it becomes an error row.
+
+    Its undecodable bytes are written as ``\\xNN`` (``backslashreplace``): the stored string stays unique per
+    file and maps back to the file (``_on_disk``), so resume finds its row and consolidation can tell it exists.
+    """
     try:
         path.encode("utf-8")
         return path, None
     except UnicodeEncodeError:
-        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         return shown, "file name is not valid UTF-8: rename the file to label it"
+
+
+_ESCAPED = re.compile(r"\\x([0-9a-f]{2})")
+
+
+def _on_disk(stored: str) -> bool:
+    """Whether the file a row's ``path`` names is still there (a link counts, even a broken one)."""
+    if os.path.lexists(stored):
+        return True
+    original = _ESCAPED.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), stored)  # undo backslashreplace
+    return original != stored and os.path.lexists(original)
 
 
 @dataclass(frozen=True)
@@ -229,7 +247,8 @@ def walk_shard(root: str, shard: int, shards: int, exts: frozenset[str]) -> Iter
     stack: list[tuple[str, tuple[tuple[int, int], ...]]] = []
     with os.scandir(root) as top:
         for entry in top:
-            if entry.name.startswith(".") or shard_of(entry.name, shards) != shard:
+            # by the stored (UTF-8-safe) name: what load_done shards the rows of earlier runs by
+            if entry.name.startswith(".") or shard_of(_safe_str(entry.name)[0], shards) != shard:
                 continue
             yield from _consider(entry, base, root_real, exts, stack)
             while stack:
@@ -251,6 +270,31 @@ def list_parts(parts_dir: str) -> list[str]:
     infos = fs.get_file_info(pafs.FileSelector(inner))
     names = sorted(i.base_name for i in infos if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
     return [storage.join(parts_dir, n) for n in names]
+
+
+def next_part_index(parts_dir: str) -> int:
+    """One past the highest part number: later runs sort after earlier ones (newest row wins)."""
+    numbers = [int(p.rsplit("/", 1)[-1].split("-")[1]) for p in list_parts(parts_dir)]
+    return max(numbers, default=-1) + 1
+
+
+def set_aside_broken_parts(parts_dir: str) -> list[str]:
+    """Move parts that are not readable Parquet (zero bytes, cut short) to ``PARTS/broken/``; return their names.
+
+    Their files have no row then, so the run labels them again; nothing else is lost.
+    """
+    moved = []
+    for part in list_parts(parts_dir):
+        try:
+            fs, inner = storage.resolve(part)
+            pq.read_metadata(inner, filesystem=fs)
+        except (pa.ArrowException, OSError):
+            name = part.rsplit("/", 1)[-1]
+            fs, inner = storage.resolve(storage.join(parts_dir, BROKEN_DIR))
+            fs.create_dir(inner, recursive=True)
+            fs.move(storage.resolve(part)[1], f"{inner}/{name}")
+            moved.append(name)
+    return moved
 
 
 def _read_part(path: str, columns: list[str] | None = None) -> pa.Table:
@@ -557,7 +601,8 @@ class PartWriter:
         sink = pa.BufferOutputStream()
         pq.write_table(table.slice(0, rows), sink)
         name = f"part-{self.index:06d}-{uuid.uuid4().hex[:8]}.parquet"
-        storage.write_bytes_atomic(storage.join(self.parts_dir, name), sink.getvalue().to_pybytes())
+        # durable before it counts: a part that power loss leaves empty would be taken as "labelled"
+        storage.write_bytes_durable(storage.join(self.parts_dir, name), sink.getvalue().to_pybytes())
         self.index += 1
         rest = table.slice(rows)
         self.buffer, self.rows, self.last_flush = ([rest] if rest.num_rows else []), rest.num_rows, time.monotonic()
@@ -580,15 +625,6 @@ class _Tally:
         for p, e in zip(table.column("path").to_pylist(), errs, strict=True):
             if e is not None and len(self.error_examples) < MAX_ERROR_EXAMPLES:
                 self.error_examples.append((p, e))
-
-
-def _drop_superseded(table: pa.Table, superseded: dict[str, tuple[int, float]]) -> pa.Table:
-    """Drop rows of files that changed and were labelled again (their key differs from the new one)."""
-    if not superseded:
-        return table
-    keep = [not (p in superseded and (s, m) != superseded[p]) for p, s, m in
-            zip(*(table.column(c).to_pylist() for c in ("path", "size", "mtime")), strict=True)]
-    return table.filter(pa.array(keep))
 
 
 class _OutputFile:
@@ -634,14 +670,25 @@ class _OutputFile:
             self.fs.delete_file(self.tmp)
 
 
-def consolidate(parts_dir: str, out: str, fmt: str, schema: pa.Schema,
-                superseded: dict[str, tuple[int, float]] | None = None) -> _Tally:
-    """Stream every part into ``out`` in ``fmt`` (atomically: a temporary file, then a rename); count rows."""
+def consolidate(parts_dir: str, out: str, fmt: str, schema: pa.Schema, *, keep_deleted: bool = False) -> _Tally:
+    """Stream the parts into ``out`` in ``fmt`` (atomically: a temporary file, then a rename); count rows.
+
+    Exactly one row per file: where runs labelled a path more than once (it changed between runs), the row of
+    the latest part wins; rows of files no longer in the library are dropped unless ``keep_deleted``.
+    """
+    parts = list_parts(parts_dir)
+    latest: dict[str, tuple[int, int]] = {}  # path -> (part, row) of its newest row
+    for i, part in enumerate(parts):
+        for j, path in enumerate(_read_part(part, ["path"]).column("path").to_pylist()):
+            latest[path] = (i, j)
     tally = _Tally()
     target = _OutputFile(out, fmt, schema)
     try:
-        for part in list_parts(parts_dir):
-            table = _drop_superseded(_read_part(part).select(schema.names).cast(schema), superseded or {})
+        for i, part in enumerate(parts):
+            table = _read_part(part).select(schema.names).cast(schema)
+            keep = [latest[p] == (i, j) and (keep_deleted or _on_disk(p))
+                    for j, p in enumerate(table.column("path").to_pylist())]
+            table = table.filter(pa.array(keep, type=pa.bool_()))
             target.write(table)
             tally.add(table)
         target.commit()
@@ -723,19 +770,15 @@ def _progress_bar(enabled: bool) -> Any:
                 dynamic_ncols=True, smoothing=0.1)
 
 
-def _run_pipeline(ds: Any, writer: PartWriter, progress: bool) -> tuple[int, float, dict[str, tuple[int, float]]]:
-    """Drive the pipeline: write parts as results arrive. Returns (rows, audio seconds, superseded keys)."""
-    rows, audio_s, superseded = 0, 0.0, {}
+def _run_pipeline(ds: Any, writer: PartWriter, progress: bool) -> tuple[int, float]:
+    """Drive the pipeline: write parts as results arrive. Returns (rows, audio seconds)."""
+    rows, audio_s = 0, 0.0
     t0 = last_line = time.monotonic()
     with _progress_bar(progress) as bar:
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             writer.add(table)
             rows += table.num_rows
             audio_s += float(np.nansum(table.column("duration_s").to_numpy(zero_copy_only=False)))
-            for p, s, m, r in zip(*(table.column(c).to_pylist() for c in ("path", "size", "mtime", "replaces")),
-                                  strict=True):
-                if r:
-                    superseded[p] = (s, m)
             now = time.monotonic()
             elapsed = max(now - t0, 1e-9)
             rate = f"{rows / elapsed:.1f} files/s, {audio_s / 3600 / elapsed:.2f} audio-h/s"
@@ -745,7 +788,7 @@ def _run_pipeline(ds: Any, writer: PartWriter, progress: bool) -> tuple[int, flo
                 print(f"labelling: {rows} files so far ({rate})", file=sys.stderr, flush=True)
                 last_line = now
     writer.flush()
-    return rows, audio_s, superseded
+    return rows, audio_s
 
 
 @contextlib.contextmanager
@@ -798,14 +841,15 @@ def label_library(library: str, out: str, cfg: LabelConfig, *, model_dir: str | 
            "features": dataclasses.asdict(model.features), "library": root}
     with _run_lock(parts_dir):
         _prepare_parts(parts_dir, run, resume)
-        first = len(list_parts(parts_dir))
+        set_aside = set_aside_broken_parts(parts_dir) if resume else []
+        first = next_part_index(parts_dir)
         schema = output_schema(genres)
         writer = PartWriter(parts_dir, schema, cfg.files_per_part, first)
         with _quiet_ray_data():
             ds = _build_dataset(root, cfg, model.features, model_dir, mid, parts_dir if first else None, resources)
-            new, audio_s, superseded = _run_pipeline(ds, writer, progress)
-        tally = consolidate(parts_dir, out, cfg.format, schema, superseded)
+            new, audio_s = _run_pipeline(ds, writer, progress)
+        tally = consolidate(parts_dir, out, cfg.format, schema)
     return LabelResult(out=str(out), format=cfg.format, files=tally.files, new=new, errors=tally.errors,
                        genres=tally.genres.most_common(), audio_hours=audio_s / 3600,
                        seconds=time.monotonic() - t0, model=mid, synthetic=bool(model.meta.get("synthetic")),
-                       error_examples=tally.error_examples)
+                       error_examples=tally.error_examples, set_aside=set_aside)

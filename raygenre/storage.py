@@ -77,6 +77,30 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     fs.move(tmp, inner)
 
 
+def write_bytes_durable(path: str | os.PathLike[str], data: bytes) -> None:
+    """``write_bytes_atomic``, and on a local disk flushed to the device (file, then folder) before it returns.
+
+    Object stores are durable when the upload completes. A local rename without fsync can survive power loss
+    as a zero-byte file under the final name.
+    """
+    local = local_path(path)
+    if local is None:
+        write_bytes_atomic(path, data)
+        return
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.parent / f".{local.name}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, local)
+    fd = os.open(local.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 

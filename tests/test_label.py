@@ -35,6 +35,7 @@ from raygenre.config import load_config
 from raygenre.features import MfccExtractor, window_starts
 from raygenre.label import (
     SCAN_SHARDS,
+    LabelResult,
     NoModelError,
     Predictor,
     ResumeMismatchError,
@@ -450,6 +451,56 @@ def test_resume_after_kill_labels_every_file_exactly_once(ray_local: None, tmp_p
     assert (again.new, again.files, table.num_rows) == (1, 40, 40)  # only the changed file was labelled again
     row = next(r for r in table.to_pylist() if r["path"] == str(changed))
     assert row["mtime"] == os.stat(changed).st_mtime  # and its new row replaced the old one
+
+
+def test_exactly_one_row_per_file_through_changes_deletions_and_broken_parts(ray_local: None,
+                                                                           tmp_path: Path) -> None:
+    """A sequence of resumed runs: a changed file, a run with no change, a deleted file, broken parts, and
+    file names that are not UTF-8 (at the top level and deeper). After each, one row per file that exists."""
+    lib = tmp_path / "lib"
+    names = [f"d{i % 3}/t{i}.wav" for i in range(6)]
+    for i, name in enumerate(names):
+        write_tone_track(lib / name, 3.5, seed=i)
+    for rel in (b"caf\xe9.wav", b"d1/na\xefve.wav"):  # Latin-1 names: not valid UTF-8
+        write_tone_track(tmp_path / "tmp.wav", 3.5)
+        os.rename(os.fsencode(tmp_path / "tmp.wav"), os.fsencode(lib) + b"/" + rel)
+    model = random_model(tmp_path / "model")
+    out = tmp_path / "labels.parquet"
+
+    def run() -> tuple[LabelResult, list[dict]]:
+        result = label_library(str(lib), str(out), cfg(files_per_part=2, batch_size=2), model_dir=model,
+                               progress=False)
+        rows = pq.read_table(out).to_pylist()
+        paths = [r["path"] for r in rows]
+        assert len(paths) == len(set(paths)), sorted(paths)  # never a path twice
+        return result, rows
+
+    first, rows = run()
+    assert (first.files, first.new, first.errors) == (8, 8, 2)
+    bad_names = sorted(r["path"] for r in rows if r["error"] and "not valid UTF-8" in r["error"])
+    assert bad_names == [str(lib / "caf\\xe9.wav"), str(lib / "d1" / "na\\xefve.wav")]
+
+    changed = lib / names[0]
+    os.utime(changed, (time.time(), time.time() + 100))
+    second, _ = run()
+    assert (second.new, second.files) == (1, 8)  # the changed file only: the bad names are not emitted again
+    third, rows = run()  # nothing changed: the changed file's old row must not come back
+    assert (third.new, third.files) == (0, 8)
+    assert next(r for r in rows if r["path"] == str(changed))["mtime"] == os.stat(changed).st_mtime
+
+    (lib / names[1]).unlink()
+    fourth, rows = run()
+    assert (fourth.new, fourth.files) == (0, 7) and str(lib / names[1]) not in {r["path"] for r in rows}
+
+    parts = list_parts(parts_dir_of(str(out)))
+    Path(parts[0]).write_bytes(b"")  # zero bytes (power loss before the data reached the disk)
+    blob = Path(parts[1]).read_bytes()
+    Path(parts[1]).write_bytes(blob[: len(blob) // 2])  # cut short
+    fifth, rows = run()
+    assert sorted(fifth.set_aside) == sorted(Path(p).name for p in parts[:2])
+    assert (Path(parts_dir_of(str(out))) / "broken" / Path(parts[0]).name).exists()  # kept, not deleted
+    assert fifth.files == 7 and fifth.new >= 1  # their files were labelled again
+    assert {r["path"] for r in rows} == {*(str(lib / n) for n in names if n != names[1]), *bad_names}
 
 
 # -------------------------------------------------------------------------------------- output formats
