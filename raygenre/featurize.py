@@ -72,7 +72,9 @@ def featurize_batch(batch: dict[str, np.ndarray], params: FeatureParams, segment
     for path, track_id, genre, label, split in zip(batch["path"], batch["track_id"], batch["genre"],
                                                    batch["label"], batch["split"], strict=True):
         try:
-            y = load(path, p.sample_rate)
+            # Only what the segments need (+0.1 s so resampling sees past the last one): a whole 20-minute
+            # 44.1 kHz stereo FLAC took 606 MiB in one decode; hour-long files would take a worker down.
+            y = load(path, p.sample_rate, duration_s=segments * p.segment_seconds + 0.1)
             pieces, index, dropped = cut_segments(y, p, segments)
             if len(pieces) < MIN_SEGMENTS_PER_TRACK:
                 raise AudioError(f"too short: {y.size / p.sample_rate:.2f} s of audio, "

@@ -290,3 +290,23 @@ def test_cli_featurize_help_and_run(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "raygenre.cli", "featurize", str(tmp_path / "nope"),
                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert bad.returncode == 2 and "is not a folder" in bad.stderr
+
+
+def test_a_long_file_decodes_only_what_its_segments_need(tmp_path: Path) -> None:
+    """A 5-minute 44.1 kHz stereo FLAC: featurize reads its first 30 s, not the whole file (memory bound)."""
+    import tracemalloc
+
+    from raygenre.featurize import featurize_batch
+
+    path = tmp_path / "long.flac"
+    write_tone_track(path, 300.0, sr=44100, channels=2, fmt="FLAC")
+    params = small_cfg().features
+    batch = {"path": np.array([str(path)], dtype=object), "track_id": np.array(["long"], dtype=object),
+             "genre": np.array(["rock"], dtype=object), "label": np.array([0]),
+             "split": np.array(["train"], dtype=object)}
+    tracemalloc.start()
+    out = featurize_batch(batch, params, 10)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert list(out["segment"]) == list(range(10)) and out["error"][0] is None
+    assert peak < 40 * 2**20, peak  # the whole file would be 106 MB as float32 before downmixing
