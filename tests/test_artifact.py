@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import raygenre
-from raygenre.artifact import CPU_CHUNK, META, WEIGHTS, ArtifactError, LoadedModel, load_model, save_model
+from raygenre.artifact import CPU_CHUNK, META, WEIGHTS, ArtifactError, LoadedModel, load_model, save_model, weights_path
 from raygenre.config import FeatureParams
 from raygenre.models import build_model
 
@@ -49,7 +49,11 @@ def _save(path: str | Path, name: str = "cnn", synthetic: bool = True) -> tuple[
 @pytest.mark.parametrize("name", ["ann", "cnn", "lstm"])
 def test_round_trip(tmp_path: Path, name: str) -> None:
     model, mean, std = _save(tmp_path / "m", name)
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [META, WEIGHTS]
+    # model.json (written last) names the one committed attempt that holds the weights; nothing else is left
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["attempts", META]
+    attempt = json.loads((tmp_path / "m" / META).read_text())["attempt"]
+    assert [p.name for p in (tmp_path / "m" / attempt).iterdir()] == [WEIGHTS]
+    assert len(list((tmp_path / "m" / "attempts").iterdir())) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folders left behind
 
     loaded = load_model(str(tmp_path / "m"))
@@ -127,7 +131,7 @@ def test_the_exploit_is_real(tmp_path: Path) -> None:
 def test_refuses_pickled_checkpoints_without_running_them(tmp_path: Path, fmt: str) -> None:
     _save(tmp_path / "m", "cnn")
     marker = tmp_path / "pwned"
-    weights = tmp_path / "m" / WEIGHTS
+    weights = Path(weights_path(str(tmp_path / "m")))
     if fmt == "torch.save":
         torch.save({"model": _Exploit(marker)}, weights)
     else:
@@ -147,7 +151,7 @@ def test_clear_errors_for_missing_or_bad_folders(tmp_path: Path) -> None:
 
     _save(tmp_path / "m", "cnn")
     shutil.copytree(tmp_path / "m", tmp_path / "noweights")
-    (tmp_path / "noweights" / WEIGHTS).unlink()
+    Path(weights_path(str(tmp_path / "noweights"))).unlink()
     with pytest.raises(ArtifactError, match="model.safetensors is missing"):
         load_model(str(tmp_path / "noweights"))
 
