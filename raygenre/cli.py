@@ -376,8 +376,9 @@ def evaluate(
     split: str = typer.Option("test", help="Split to score: train, val or test."),
     address: str | None = typer.Option(None, help=ADDRESS_HELP),
 ) -> None:
-    """Recompute a model's metrics on a split; write metrics.json and confusion.png beside the model's weights
-(in the attempt folder that MODEL_DIR/model.json names), so they are replaced with the model.
+    """Recompute a model's metrics on a split; write metrics.json and confusion.png beside the model's weights.
+
+    They go in the attempt folder that MODEL_DIR/model.json names, so they are replaced with the model.
 
     The confusion matrix has true genres as rows and predicted genres as columns, both named.
     """
@@ -407,6 +408,31 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------------------------------------- tune
+TUNE_DONE = "tune.json"  # written last by tune_models: the search is finished
+TUNE_NAMES = {"tune", "train", "models", "trials.csv", "trials.parquet", TUNE_DONE}
+
+
+def check_tune_out(out: str, *, resume: bool, overwrite: bool) -> None:
+    """Refuse a tune --out that is a file, holds something other than a raygenre tune run, or holds a finished
+    search (unless ``resume`` or ``overwrite``). Raises ``storage.OutputExistsError``."""
+    from raygenre import storage
+
+    fs, inner = storage.resolve(out)
+    info = fs.get_file_info(inner)
+    if info.type == storage.pafs.FileType.NotFound:
+        return
+    if info.type != storage.pafs.FileType.Directory:
+        raise storage.OutputExistsError(f"{out} is a file; --out must be a folder.")
+    names = {i.base_name for i in fs.get_file_info(storage.pafs.FileSelector(inner))}
+    foreign = sorted(names - TUNE_NAMES - {storage.LEASE})
+    if foreign:
+        raise storage.OutputExistsError(
+            f"{out} already exists and is not a raygenre tune run (it holds {', '.join(foreign[:3])}). raygenre "
+            f"never deletes what it did not write: choose a new or empty folder for --out.")
+    if TUNE_DONE in names and not (resume or overwrite):
+        raise storage.OutputExistsError(f"{out} already holds a finished raygenre tune run. Pass --overwrite to "
+                                        f"search again there, or choose another --out.")
+
 def print_trials(trials: Any, synthetic: bool) -> None:
     """The end-of-search table: one row per trial."""
     from rich import box
@@ -438,6 +464,8 @@ def tune(
     out: str | None = typer.Option(None, help="Run folder, local or a URI all nodes share "
                                    "(default: $RAYGENRE_HOME/runs/tune-<time>; with --resume: the latest)."),
     resume: bool = typer.Option(False, help="Continue an interrupted search in --out (finished trials are kept)."),
+    overwrite: bool = typer.Option(False, help="Search again in an --out that holds a finished search (its models "
+                                   "and trial tables are replaced; never anything but raygenre tune output)."),
     set_default: bool = typer.Option(True, help="Make the overall best model the default for `raygenre label`."),
     address: str | None = typer.Option(None, help=ADDRESS_HELP),
     config: Path | None = typer.Option(None, help=CONFIG_HELP + " Search spaces live in configs/tune.yaml."),
@@ -457,16 +485,27 @@ def tune(
         "models": [m.strip() for m in models.split(",")] if models else None, "num_samples": num_samples,
         "max_epochs": max_epochs, "workers_per_trial": workers_per_trial, "gpus_per_trial": gpus_per_trial,
         "max_concurrent": max_concurrent})
+    from raygenre import storage
+
     if out is None:
         runs = sorted((workspace.home() / "runs").glob("tune-*")) if resume else []
         out = str(runs[-1]) if runs else str(workspace.new_run_dir("tune"))
+    check_tune_out(out, resume=resume, overwrite=overwrite)  # before any work
+    if set_default:
+        storage.check_output(str(workspace.default_model_dir()), "model", overwrite=True)
     ensure_ray(address)
     feats = _features_or_builtin(features, address)
     console.print(f"tuning {', '.join(cfg.models)}: {cfg.num_samples} trials each, up to {cfg.max_epochs} epochs, "
                   f"ASHA; results in {out}")
-    # --config is a tune YAML; trials start from configs/train.yaml (patience, seed, failures) plus the space.
-    result = tune_models(feats, cfg, out, load_config("train"), resume=resume, address=address,
-                         set_default=set_default)
+    lease = storage.Lease.acquire(out, "tune")  # a second `raygenre tune --out` on it is refused
+    try:
+        if overwrite:
+            storage.remove(storage.join(out, TUNE_DONE))  # un-finish it first: it is being redone
+        # --config is a tune YAML; trials start from configs/train.yaml (patience, seed, failures) plus the space.
+        result = tune_models(feats, cfg, out, load_config("train"), resume=resume, address=address,
+                             set_default=set_default)
+    finally:
+        lease.release()
     print_trials(result.trials, result.synthetic)
     for m, b in result.best.items():
         t = b["test"]
