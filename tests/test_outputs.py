@@ -216,3 +216,46 @@ def test_s3_featurize_killed_mid_write_leaves_nothing_finished_and_rerun_succeed
     attempts = {k.split("/")[1] for k in _keys(out) if k.startswith("attempts/")}
     assert attempts == {manifest["attempt"].split("/")[1]}  # the killed run's attempt was cleaned up
     assert LEASE not in _keys(out)
+
+
+def test_s3_train_killed_mid_run_leaves_no_model_and_rerun_succeeds(s3: str, tmp_path: Path,
+                                                                     ray_local: None) -> None:
+    """A `raygenre train --out s3://...` killed after its first checkpoint: no model.json, load_model refuses,
+    the rerun (same command) takes over the dead run's lease and commits."""
+    from raygenre.artifact import ArtifactError
+
+    local_table = tmp_path / "table"
+    write_feature_table(local_table, ("blues", "jazz"))
+    fs, _ = storage.resolve(s3)
+    table_uri = f"{s3}/table"
+    pafs.copy_files(str(local_table), storage.resolve(table_uri)[1], source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+    model_uri = f"{s3}/model"
+    cmd = [sys.executable, "-m", "raygenre.cli", "train", "--model", "ann", "--features", table_uri, "--out",
+           model_uri, "--epochs", "30", "--min-epochs", "30", "--workers", "1", "--no-set-default"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if any("checkpoint" in k for k in _keys(f"{s3}/runs")):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "train ended before it could be interrupted"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert "model.json" not in _keys(model_uri) and LEASE in _keys(model_uri)
+    with pytest.raises(ArtifactError):
+        load_model(model_uri)
+    again = subprocess.run([*cmd[:-6], "--epochs", "2", "--min-epochs", "1", "--workers", "1", "--no-set-default"],
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert load_model(model_uri).name == "ann"
+    assert sorted({k.split("/")[0] for k in _keys(model_uri)}) == ["attempts", "model.json"]  # lease released
+    # and replacing it now needs --overwrite: one line, exit 2
+    refused = subprocess.run([*cmd[:-6], "--epochs", "1", "--no-set-default"], env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert refused.returncode == 2 and "already holds a raygenre model" in refused.stderr
+    assert "--overwrite" in refused.stderr and "Traceback" not in refused.stderr
