@@ -249,13 +249,13 @@ def test_s3_train_killed_mid_run_leaves_no_model_and_rerun_succeeds(s3: str, tmp
     assert "model.json" not in _keys(model_uri) and LEASE in _keys(model_uri)
     with pytest.raises(ArtifactError):
         load_model(model_uri)
-    again = subprocess.run([*cmd[:-6], "--epochs", "2", "--min-epochs", "1", "--workers", "1", "--no-set-default"],
+    again = subprocess.run([*cmd[:-7], "--epochs", "2", "--min-epochs", "1", "--workers", "1", "--no-set-default"],
                            env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert load_model(model_uri).name == "ann"
     assert sorted({k.split("/")[0] for k in _keys(model_uri)}) == ["attempts", "model.json"]  # lease released
     # and replacing it now needs --overwrite: one line, exit 2
-    refused = subprocess.run([*cmd[:-6], "--epochs", "1", "--no-set-default"], env=env, capture_output=True,
+    refused = subprocess.run([*cmd[:-7], "--epochs", "1", "--no-set-default"], env=env, capture_output=True,
                              text=True, timeout=600)
     assert refused.returncode == 2 and "already holds a raygenre model" in refused.stderr
     assert "--overwrite" in refused.stderr and "Traceback" not in refused.stderr
