@@ -10,7 +10,9 @@ built-in synthetic data), ``metrics`` (test results), library versions and the c
 
 Loading executes nothing from the files: weights are read with ``safetensors`` only, never ``torch.load``
 or pickle, so a checkpoint from an untrusted source cannot run code. The folder may be a local path or a
-``pyarrow.fs`` URI, and it is written atomically (it appears complete or not at all).
+``pyarrow.fs`` URI. It is committed with ``storage.open_output``: the weights go under ``attempts/<id>/`` and
+``model.json`` (at the top, written last) names that attempt, so a model appears complete or not at all, on
+object stores too. Folders of the old layout (both files at the top) still load.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -96,10 +99,19 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
+# Top-level files of the old layout that a new commit makes stale (evaluate wrote the last two beside the model).
+LEGACY = (WEIGHTS, "metrics.json", "confusion.png")
+
+
 def save_model(dir: str, model: nn.Module, name: str, hparams: dict[str, Any], features: dict[str, Any],
                genres: list[str], mean: Any, std: Any, metrics: dict[str, Any], synthetic: bool, *,
-               extra: dict[str, Any] | None = None) -> None:
+               extra: dict[str, Any] | None = None, overwrite: bool = True,
+               output: storage.Output | None = None) -> None:
     """Write the artifact folder ``dir`` (local path or URI) atomically.
+
+    ``overwrite``: replace a model already at ``dir`` (another kind of data there is always refused:
+    ``storage.OutputExistsError``). ``output``: an already opened ``storage.open_output(dir, "model")`` to
+    write into and commit (a caller that held the output for a whole training run), else one is opened here.
 
     ``features``: the feature table's FeatureParams fields (a ``frames`` key may be included; it must agree).
     ``hparams`` must hold ``hidden`` and ``dropout`` (used to rebuild the network). ``model`` may be wrapped in
@@ -137,9 +149,55 @@ def save_model(dir: str, model: nn.Module, name: str, hparams: dict[str, Any], f
     }
     meta = {**(extra or {}), **meta}
     blob = st_save(tensors, metadata={"format": "pt", "raygenre_format": FORMAT})
-    with storage.atomic_dir(dir) as tmp:
-        storage.write_bytes_atomic(storage.join(tmp, WEIGHTS), blob)
-        storage.write_json_atomic(storage.join(tmp, META), meta)  # last, like every manifest here
+    if output is not None:
+        storage.write_bytes_atomic(storage.join(output.dir, WEIGHTS), blob)
+        output.commit(meta)  # last, like every manifest here
+        return
+    with storage.open_output(dir, "model", overwrite=overwrite, legacy=LEGACY) as out:
+        storage.write_bytes_atomic(storage.join(out.dir, WEIGHTS), blob)
+        out.commit(meta)
+
+
+def read_meta(path: str) -> dict[str, Any]:
+    """``model.json`` of a model folder; ``ArtifactError`` when the folder or the file is missing or bad."""
+    path = str(path)
+    if not storage.exists(path):
+        raise ArtifactError(f"model folder {path} does not exist")
+    meta_path = storage.join(path, META)
+    if not storage.exists(meta_path):
+        raise ArtifactError(f"{path} is not a model folder: {META} is missing "
+                            f"(a model folder holds {WEIGHTS} and {META}; train one with `raygenre train`)")
+    try:
+        meta = json.loads(storage.read_text(meta_path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{meta_path} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{meta_path} is not a JSON object")
+    return meta
+
+
+def files_dir(path: str, meta: dict[str, Any] | None = None) -> str:
+    """The folder holding a model's committed files (weights, evaluate's metrics.json and confusion.png):
+    the attempt ``model.json`` names, or the folder itself for the old layout."""
+    try:
+        return storage.committed_path(path, meta if meta is not None else read_meta(path))
+    except ValueError as exc:
+        raise ArtifactError(str(exc)) from None
+
+
+def weights_path(path: str, meta: dict[str, Any] | None = None) -> str:
+    """``model.safetensors`` of a committed model folder."""
+    return storage.join(files_dir(path, meta), WEIGHTS)
+
+
+def copy_model(src: str, dest: str, *, overwrite: bool = True) -> None:
+    """Copy the committed model at ``src`` (local or URI) to ``dest`` with the same commit protocol."""
+    meta = read_meta(src)
+    src_fs, src_inner = storage.resolve(files_dir(src, meta))
+    with storage.open_output(dest, "model", overwrite=overwrite, legacy=LEGACY) as out:
+        dst_fs, dst_inner = storage.resolve(out.dir)
+        pafs.copy_files(src_inner, dst_inner, source_filesystem=src_fs, destination_filesystem=dst_fs)
+        out.commit({k: v for k, v in meta.items() if k != "attempt"})
 
 
 def _read_tensors(path: str) -> dict[str, torch.Tensor]:
@@ -243,27 +301,22 @@ def load_model(path: str) -> LoadedModel:
     tampered artifact is one ``ArtifactError`` line naming what is wrong.
     """
     path = str(path)
-    if not storage.exists(path):
-        raise ArtifactError(f"model folder {path} does not exist")
-    meta_path, weights_path = storage.join(path, META), storage.join(path, WEIGHTS)
-    for p in (meta_path, weights_path):
-        if not storage.exists(p):
-            raise ArtifactError(f"{path} is not a model folder: {p.rsplit('/', 1)[-1]} is missing "
-                                f"(a model folder holds {WEIGHTS} and {META}; train one with `raygenre train`)")
-    try:
-        meta = json.loads(storage.read_text(meta_path))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{meta_path} is not valid JSON: {exc}") from None
+    meta = read_meta(path)
+    meta_path = storage.join(path, META)
     name, features, genres, hparams, frames = check_meta(meta, meta_path)
-    tensors = _read_tensors(weights_path)
-    mean, std = check_tensors(tensors, features.n_mfcc, weights_path)
+    weights = weights_path(path, meta)
+    if not storage.exists(weights):
+        raise ArtifactError(f"{path} is not a model folder: {WEIGHTS} is missing "
+                            f"(a model folder holds {WEIGHTS} and {META}; train one with `raygenre train`)")
+    tensors = _read_tensors(weights)
+    mean, std = check_tensors(tensors, features.n_mfcc, weights)
     try:
         module = build_model(name, frames, features.n_mfcc, len(genres), hidden=hparams.get("hidden"),
                              dropout=float(hparams.get("dropout", 0.0)))
         module.load_state_dict(tensors, strict=True)
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0]
-        raise ArtifactError(f"{weights_path} does not match a {name} model of {frames} frames x "
+        raise ArtifactError(f"{weights} does not match a {name} model of {frames} frames x "
                             f"{features.n_mfcc} coefficients with the hyperparameters in {META}: {first}") from None
     module.eval()
     return LoadedModel(module=module, name=name, hparams=hparams, features=features, genres=genres,

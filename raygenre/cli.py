@@ -46,7 +46,8 @@ def friendly_errors(fn: F) -> F:
         from raygenre.featurize import FeatureMismatchError
         from raygenre.gtzan import DatasetError
 
-        known: tuple[type[BaseException], ...] = (ConfigError, DatasetError, FeatureMismatchError,
+        # FileExistsError covers storage.OutputExistsError: an --out that is foreign, finished or being written.
+        known: tuple[type[BaseException], ...] = (ConfigError, DatasetError, FeatureMismatchError, FileExistsError,
                                                   FileNotFoundError, NotADirectoryError, ValueError)
         try:
             from raygenre.artifact import ArtifactError
@@ -147,7 +148,9 @@ def featurize(
     split_lists: str | None = typer.Option(None, help="Folder with train_filtered.txt, valid_filtered.txt, "
                                            "test_filtered.txt (GTZAN fault-filtered split); implies --split lists."),
     seed: int | None = typer.Option(None, help="Seed of the stratified split (default: 0)."),
-    overwrite: bool = typer.Option(False, help="Recompute even if OUT already holds a finished table."),
+    overwrite: bool = typer.Option(False, help="Replace the feature table OUT already holds (without it, a table "
+                                   "with the same parameters is kept and one with others is refused). Never "
+                                   "replaces anything but a raygenre feature table."),
     address: str | None = typer.Option(None, help=ADDRESS_HELP),
     config: Path | None = typer.Option(None, help=CONFIG_HELP),
 ) -> None:
@@ -303,7 +306,9 @@ def train(
     patience: int | None = typer.Option(None, help="Then stop after this many epochs without a new best "
                                         "validation accuracy (default: 10)."),
     seed: int | None = typer.Option(None, help="Seed for data order and initialisation (default: 0)."),
-    out: str | None = typer.Option(None, help="Model artifact folder (default: $RAYGENRE_HOME/models/<model>)."),
+    out: str | None = typer.Option(None, help="Model artifact folder, local or URI (default: "
+                                   "$RAYGENRE_HOME/models/<model>, replaced on every run)."),
+    overwrite: bool = typer.Option(False, help="Replace the model --out already holds (never anything else)."),
     storage_path: str | None = typer.Option(None, "--storage", help="Where Ray Train keeps the run folder "
                                             "(checkpoints): on a multi-node cluster, a URI or shared mount every "
                                             "node sees. Default: OUT/../runs when --out is a URI, else "
@@ -328,9 +333,15 @@ def train(
                                         "batch_size": batch_size, "dropout": dropout, "weight_decay": weight_decay,
                                         "hidden": hidden, "min_epochs": min_epochs, "patience": patience,
                                         "seed": seed})
+    from raygenre import storage
+
+    replace = overwrite or out is None  # the workspace's own model folder is always replaced
+    out = out or str(workspace.home() / "models" / cfg.model)
+    storage.check_output(out, "model", overwrite=replace)  # before any work; train() claims it
+    if set_default:
+        storage.check_output(str(workspace.default_model_dir()), "model", overwrite=True)
     ensure_ray(address)
     feats = _features_or_builtin(features, address)
-    out = out or str(workspace.home() / "models" / cfg.model)
     table = Table(title=f"raygenre train --model {cfg.model} ({cfg.workers} workers, {'GPU' if cfg.gpu else 'CPU'})")
     for col in ("epoch", "train loss", "train acc", "val loss", "val acc", "s"):
         table.add_column(col, justify="right")
@@ -341,11 +352,9 @@ def train(
                       f"val loss {m['val_loss']:.4f} acc {m['val_acc']:.3f}  ({m['seconds']:.1f} s)"
                       + ("  [dim](resumed after a worker failure)[/]" if m.get("resumed_from_epoch") else ""))
 
-    from raygenre import storage
-
     if storage_path is None and storage.is_uri(out):
         storage_path = storage.join(out.rstrip("/").rsplit("/", 1)[0], "runs")
-    result = run(feats, cfg, out, storage_path=storage_path, progress_callback=on_epoch)
+    result = run(feats, cfg, out, storage_path=storage_path, progress_callback=on_epoch, overwrite=replace)
     for r in result.history:
         table.add_row(str(r["epoch"]), f"{r['train_loss']:.4f}", f"{r['train_acc']:.3f}", f"{r['val_loss']:.4f}",
                       f"{r['val_acc']:.3f}", f"{r['seconds']:.1f}")
@@ -371,11 +380,14 @@ def evaluate(
     split: str = typer.Option("test", help="Split to score: train, val or test."),
     address: str | None = typer.Option(None, help=ADDRESS_HELP),
 ) -> None:
-    """Recompute a model's metrics on a split; write metrics.json and confusion.png beside the model.
+    """Recompute a model's metrics on a split; write metrics.json and confusion.png beside the model's weights.
+
+    They go in the attempt folder that MODEL_DIR/model.json names, so they are replaced with the model.
 
     The confusion matrix has true genres as rows and predicted genres as columns, both named.
     """
     from raygenre import load_model, storage
+    from raygenre.artifact import files_dir
     from raygenre.evaluate import evaluate as run
     from raygenre.evaluate import plot_confusion
     from raygenre.runtime import ensure_ray
@@ -389,16 +401,42 @@ def evaluate(
     metrics = {k: v for k, v in result.items() if k != "confusion"}
     metrics["confusion"] = [list(map(int, row)) for row in result["confusion"]]
     metrics["features_dir"] = str(feats)
-    storage.write_json_atomic(storage.join(model_dir, "metrics.json"), metrics)
-    png = storage.join(model_dir, "confusion.png")
+    where = files_dir(model_dir, loaded.meta)
+    storage.write_json_atomic(storage.join(where, "metrics.json"), metrics)
+    png = storage.join(where, "confusion.png")
     plot_confusion(result["confusion"], loaded.genres, png,
                    f"{loaded.name.upper()} {split} segments, accuracy {result['segment_accuracy']:.1%}",
                    synthetic=result["synthetic"])
     print_test_metrics(result, result["synthetic"])
-    console.print(f"wrote {storage.join(model_dir, 'metrics.json')} and {png}")
+    console.print(f"wrote {storage.join(where, 'metrics.json')} and {png}")
 
 
 # ---------------------------------------------------------------------------------------------------- tune
+TUNE_DONE = "tune.json"  # written last by tune_models: the search is finished
+TUNE_NAMES = {"tune", "train", "models", "trials.csv", "trials.parquet", TUNE_DONE}
+
+
+def check_tune_out(out: str, *, resume: bool, overwrite: bool) -> None:
+    """Refuse a tune --out that is a file, holds something other than a raygenre tune run, or holds a finished
+    search (unless ``resume`` or ``overwrite``). Raises ``storage.OutputExistsError``."""
+    from raygenre import storage
+
+    fs, inner = storage.resolve(out)
+    info = fs.get_file_info(inner)
+    if info.type == storage.pafs.FileType.NotFound:
+        return
+    if info.type != storage.pafs.FileType.Directory:
+        raise storage.OutputExistsError(f"{out} is a file; --out must be a folder.")
+    names = {i.base_name for i in fs.get_file_info(storage.pafs.FileSelector(inner))}
+    foreign = sorted(names - TUNE_NAMES - {storage.LEASE})
+    if foreign:
+        raise storage.OutputExistsError(
+            f"{out} already exists and is not a raygenre tune run (it holds {', '.join(foreign[:3])}). raygenre "
+            f"never deletes what it did not write: choose a new or empty folder for --out.")
+    if TUNE_DONE in names and not (resume or overwrite):
+        raise storage.OutputExistsError(f"{out} already holds a finished raygenre tune run. Pass --overwrite to "
+                                        f"search again there, or choose another --out.")
+
 def print_trials(trials: Any, synthetic: bool) -> None:
     """The end-of-search table: one row per trial."""
     from rich import box
@@ -432,6 +470,8 @@ def tune(
     out: str | None = typer.Option(None, help="Run folder, local or a URI all nodes share "
                                    "(default: $RAYGENRE_HOME/runs/tune-<time>; with --resume: the latest)."),
     resume: bool = typer.Option(False, help="Continue an interrupted search in --out (finished trials are kept)."),
+    overwrite: bool = typer.Option(False, help="Search again in an --out that holds a finished search (its models "
+                                   "and trial tables are replaced; never anything but raygenre tune output)."),
     set_default: bool = typer.Option(True, help="Make the overall best model the default for `raygenre label`."),
     address: str | None = typer.Option(None, help=ADDRESS_HELP),
     config: Path | None = typer.Option(None, help=CONFIG_HELP + " Search spaces live in configs/tune.yaml."),
@@ -451,16 +491,27 @@ def tune(
         "models": [m.strip() for m in models.split(",")] if models else None, "num_samples": num_samples,
         "max_epochs": max_epochs, "grace_period": grace_period, "workers_per_trial": workers_per_trial,
         "gpus_per_trial": gpus_per_trial, "max_concurrent": max_concurrent})
+    from raygenre import storage
+
     if out is None:
         runs = sorted((workspace.home() / "runs").glob("tune-*")) if resume else []
         out = str(runs[-1]) if runs else str(workspace.new_run_dir("tune"))
+    check_tune_out(out, resume=resume, overwrite=overwrite)  # before any work
+    if set_default:
+        storage.check_output(str(workspace.default_model_dir()), "model", overwrite=True)
     ensure_ray(address)
     feats = _features_or_builtin(features, address)
     console.print(f"tuning {', '.join(cfg.models)}: {cfg.num_samples} trials each, up to {cfg.max_epochs} epochs, "
                   f"ASHA; results in {out}")
-    # --config is a tune YAML; trials start from configs/train.yaml (patience, seed, failures) plus the space.
-    result = tune_models(feats, cfg, out, load_config("train"), resume=resume, address=address,
-                         set_default=set_default)
+    lease = storage.Lease.acquire(out, "tune")  # a second `raygenre tune --out` on it is refused
+    try:
+        if overwrite:
+            storage.remove(storage.join(out, TUNE_DONE))  # un-finish it first: it is being redone
+        # --config is a tune YAML; trials start from configs/train.yaml (patience, seed, failures) plus the space.
+        result = tune_models(feats, cfg, out, load_config("train"), resume=resume, address=address,
+                             set_default=set_default)
+    finally:
+        lease.release()
     print_trials(result.trials, result.synthetic)
     for m, b in result.best.items():
         t = b["test"]

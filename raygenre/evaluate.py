@@ -61,7 +61,7 @@ def read_split(features_dir: str, split: str, columns: list[str] | None = None) 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     manifest, params = table_info(features_dir)
-    fs, inner = storage.resolve(table_path(features_dir))
+    fs, inner = storage.resolve(table_path(features_dir, manifest))
     ctx = ray.data.DataContext.get_current()
     previous = ctx.use_datasource_v2
     ctx.use_datasource_v2 = False  # decided when the read is planned, so restoring right after is safe
@@ -91,7 +91,7 @@ def read_split_arrays(features_dir: str, split: str) -> tuple[np.ndarray, np.nda
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     manifest, params = table_info(features_dir)
-    fs, inner = storage.resolve(table_path(features_dir))
+    fs, inner = storage.resolve(table_path(features_dir, manifest))
     table = pq.read_table(inner, filesystem=fs, columns=["mfcc", "label"], filters=[("split", "==", split)])
     col = table.column("mfcc").combine_chunks()
     shape = tuple(getattr(col.type, "shape", ()) or ())

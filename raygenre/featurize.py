@@ -3,14 +3,16 @@
 Pipeline: discover tracks (driver, small) -> assign splits per track -> Ray Data ``from_items`` ->
 ``map_batches`` (decode, mono, resample, cut segments, torchaudio MFCC in batches) -> Parquet.
 
-Layout: ``OUT/segments/*.parquet`` (the table) and ``OUT/features.json`` (the manifest) beside it.
+Layout: ``OUT/features.json`` (the manifest, written last) names the committed attempt, and the table is
+``OUT/<attempt>/segments/*.parquet`` (``table_path`` resolves it; see ``storage.open_output``). Folders of the
+old layout (``OUT/segments`` beside a manifest without ``attempt``) still read.
 Table: one row per segment with ``track_id``, ``genre``, ``label`` (int32), ``segment`` (int32), ``split``,
 ``mfcc`` (float32 tensor (frames, n_mfcc)). Plain pyarrow reads ``mfcc`` as a flat list column whose field
 metadata holds the shape; ``read_mfcc_table`` reshapes it.
 
-Bad files never stop the run: each reject is recorded in the manifest with its reason. The table is built
-in a hidden temporary folder and moved into place with ``features.json`` (written last), so an interrupted
-run leaves nothing that looks finished, and a rerun starts clean.
+Bad files never stop the run: each reject is recorded in the manifest with its reason. The table is written
+under a fresh attempt prefix and ``features.json`` is written last, so an interrupted run (on a local disk or
+an object store) leaves nothing that reads as finished, and a rerun succeeds and deletes its leftovers.
 """
 
 from __future__ import annotations
@@ -133,15 +135,18 @@ def check_features(manifest: dict[str, Any], expected: FeatureParams, what: str 
                                    f"with matching options, or use a model trained on these features.")
 
 
-def table_path(features_dir: str) -> str:
-    """The Parquet dataset inside a feature folder (pass it to ``ray.data.read_parquet`` or pyarrow)."""
-    return storage.join(features_dir, TABLE)
+def table_path(features_dir: str, manifest: dict[str, Any] | None = None) -> str:
+    """The Parquet dataset of a finished feature folder (pass it to ``ray.data.read_parquet`` or pyarrow):
+    ``<attempt>/segments`` as its manifest says (read here unless given), ``segments`` for the old layout."""
+    if manifest is None:
+        manifest = read_manifest(features_dir)
+    return storage.committed_path(features_dir, manifest, TABLE)
 
 
 def read_mfcc_table(features_dir: str) -> tuple[pa.Table, np.ndarray]:
     """Read the table with plain pyarrow (no Ray): (table without ``mfcc``, mfcc float32 (rows, frames, n_mfcc))."""
     manifest = read_manifest(features_dir)
-    fs, inner = storage.resolve(table_path(features_dir))
+    fs, inner = storage.resolve(table_path(features_dir, manifest))
     table = pq.read_table(inner, filesystem=fs)
     col = table.column("mfcc").combine_chunks()
     flat = col.storage.flatten() if isinstance(col.type, pa.ExtensionType) else col.flatten()
@@ -163,13 +168,11 @@ def featurize(dataset: str, out: str, cfg: FeaturizeConfig, *, address: str | No
               overwrite: bool = False, synthetic: bool | None = None) -> FeaturizeResult:
     """Featurize ``dataset`` into ``out`` (local path or URI). Raises ``DatasetError`` if nothing is usable.
 
-    A finished table at ``out`` with identical parameters is kept (``skipped=True``) unless ``overwrite``.
+    A finished table at ``out`` with identical parameters is kept (``skipped=True``) unless ``overwrite``;
+    one with other parameters is replaced only with ``overwrite``. Anything else at ``out`` (another kind of
+    data, a run that is writing it) is refused before any work: ``storage.OutputExistsError``.
     ``synthetic`` defaults to whether the dataset carries the synthetic generator's ``SYNTHETIC.md``.
     """
-    import ray
-
-    from raygenre.runtime import ensure_ray
-
     t0 = time.time()
     tracks, genres = discover(dataset)  # raises DatasetError with what to do
     root = str(dataset)
@@ -181,6 +184,19 @@ def featurize(dataset: str, out: str, cfg: FeaturizeConfig, *, address: str | No
         old = read_manifest(out)
         if {k: old.get(k) for k in params_block} == params_block and old.get("dataset") == root:
             return FeaturizeResult(out=out, manifest=old, skipped=True, rejects=old.get("rejects", []))
+    with storage.open_output(out, "feature table", overwrite=overwrite, legacy=(TABLE,)) as output:
+        return _featurize(dataset, output, cfg, tracks, genres, params_block, synthetic=synthetic, address=address,
+                          t0=t0)
+
+
+def _featurize(dataset: str, output: storage.Output, cfg: FeaturizeConfig, tracks: list[Any], genres: list[str],
+               params_block: dict[str, Any], *, synthetic: bool, address: str | None, t0: float) -> FeaturizeResult:
+    """The Ray Data pipeline of ``featurize``, writing into ``output`` (an attempt of the output folder)."""
+    import ray
+
+    from raygenre.runtime import ensure_ray
+
+    root = str(dataset)
 
     split_of, excluded = assign_splits(tracks, cfg.split)
     label_of = {g: i for i, g in enumerate(genres)}
@@ -227,10 +243,9 @@ def featurize(dataset: str, out: str, cfg: FeaturizeConfig, *, address: str | No
         "config": to_dict(cfg),
         "seconds": None,
     }
-    with storage.atomic_dir(out) as tmp:
-        table = ds.filter(expr="segment >= 0").drop_columns(["error", "dropped"])
-        tmp_fs, tmp_inner = storage.resolve(storage.join(tmp, TABLE))
-        table.write_parquet(tmp_inner, filesystem=tmp_fs)
-        manifest["seconds"] = round(time.time() - t0, 2)
-        storage.write_json_atomic(storage.join(tmp, MANIFEST), manifest)  # last: marks the table finished
-    return FeaturizeResult(out=out, manifest=manifest, rejects=rejects)
+    table = ds.filter(expr="segment >= 0").drop_columns(["error", "dropped"])
+    tmp_fs, tmp_inner = storage.resolve(storage.join(output.dir, TABLE))
+    table.write_parquet(tmp_inner, filesystem=tmp_fs)
+    manifest["seconds"] = round(time.time() - t0, 2)
+    manifest = output.commit(manifest)  # last: marks the table finished
+    return FeaturizeResult(out=output.root, manifest=manifest, rejects=rejects)

@@ -445,12 +445,12 @@ def model_id(model: LoadedModel, model_dir: str) -> str:
     """The ``model`` column: ``<name>-<created>-<sha256 of the weights, 8 hex>`` (an ``id`` in the metadata wins)."""
     import hashlib
 
-    from raygenre.artifact import WEIGHTS
+    from raygenre.artifact import weights_path
 
     meta = model.meta or {}
     if meta.get("id"):
         return str(meta["id"])
-    digest = hashlib.sha256(storage.read_bytes(storage.join(model_dir, WEIGHTS))).hexdigest()[:8]
+    digest = hashlib.sha256(storage.read_bytes(weights_path(model_dir, meta or None))).hexdigest()[:8]
     created = str(meta.get("created", "")).replace(":", "")[:17]
     return "-".join(x for x in (str(model.name), created, digest) if x)
 
@@ -718,10 +718,18 @@ def read_labels(path: str, fmt: str | None = None) -> pa.Table:
 # ----------------------------------------------------------------------------------------- resume state
 @contextlib.contextmanager
 def _run_lock(parts_dir: str) -> Iterator[None]:
-    """One label run per output at a time (local outputs; the lock dies with the process)."""
+    """One label run per output at a time. Local outputs: an flock (it dies with the process). Object stores
+    have no locks: a lease object in OUT.parts/ with the holder and a heartbeat (``storage.Lease``)."""
     local = storage.local_path(parts_dir)
     if local is None:
-        yield
+        try:
+            lease = storage.Lease.acquire(parts_dir, "labels")
+        except storage.OutputExistsError as exc:
+            raise ValueError(f"another `raygenre label` is writing to {parts_dir}: {exc}") from None
+        try:
+            yield
+        finally:
+            lease.release()
         return
     local.mkdir(parents=True, exist_ok=True)
     with open(local / LOCK_FILE, "a+") as fh:

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 import yaml
 
 from raygenre import storage
-from raygenre.artifact import LoadedModel, save_model
+from raygenre.artifact import LEGACY, LoadedModel, save_model
 from raygenre.config import TrainConfig, to_dict
 from raygenre.evaluate import evaluate, plot_confusion, read_split_arrays, table_info
 from raygenre.models import MODELS, build_model, resolve_hparams
@@ -283,18 +283,28 @@ def run_location(model: str, storage_path: str | None = None, name: str | None =
 
 
 def train(features_dir: str, cfg: TrainConfig, out_dir: str, *, storage_path: str | None = None,
-          progress_callback: Callable[[dict[str, Any]], None] | None = None, name: str | None = None) -> TrainResult:
+          progress_callback: Callable[[dict[str, Any]], None] | None = None, name: str | None = None,
+          overwrite: bool = True) -> TrainResult:
     """Train ``cfg.model`` on a feature table, export the best epoch to ``out_dir``, test it; see the module doc.
 
     ``storage_path`` (local path or URI shared by all nodes) holds the run folder ``<name>/`` with Ray Train's
     checkpoints (default: ``$RAYGENRE_HOME/runs``). ``progress_callback(metrics)`` is called on this process
-    after every epoch with rank 0's metrics.
+    after every epoch with rank 0's metrics. ``out_dir`` is claimed before training (``storage.open_output``):
+    something other than a model there, a model without ``overwrite``, or a live run writing it is refused.
     """
-    from raygenre.runtime import ensure_ray
-
     t0 = time.time()
     cfg = effective_config(cfg)  # fail fast: unknown model, unfinished or malformed table
     table_info(features_dir)
+    with storage.open_output(out_dir, "model", overwrite=overwrite, legacy=LEGACY) as output:
+        return _train(features_dir, cfg, output, storage_path=storage_path, progress_callback=progress_callback,
+                      name=name, t0=t0)
+
+
+def _train(features_dir: str, cfg: TrainConfig, output: storage.Output, *, storage_path: str | None,
+           progress_callback: Callable[[dict[str, Any]], None] | None, name: str | None, t0: float) -> TrainResult:
+    """``train`` once its output is claimed: the Ray Train run, then ``finish`` commits into ``output``."""
+    from raygenre.runtime import ensure_ray
+
     ensure_ray()
     prepared = prepare(features_dir, cfg)
     storage_path, run_name = run_location(cfg.model, storage_path, name)
@@ -315,7 +325,7 @@ def train(features_dir: str, cfg: TrainConfig, out_dir: str, *, storage_path: st
     if result.checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint (see {run_dir})")
     state = _read_state(result.checkpoint)["state"]
-    return finish(features_dir, prepared, cfg, state, out_dir, run_dir, t0)
+    return finish(features_dir, prepared, cfg, state, output.root, run_dir, t0, output=output)
 
 
 def best_model(prepared: dict[str, Any], cfg: TrainConfig, state: dict[str, Any]) -> LoadedModel:
@@ -334,9 +344,10 @@ def best_model(prepared: dict[str, Any], cfg: TrainConfig, state: dict[str, Any]
 
 
 def finish(features_dir: str, prepared: dict[str, Any], cfg: TrainConfig, state: dict[str, Any], out_dir: str,
-           run_dir: str, t0: float | None = None) -> TrainResult:
+           run_dir: str, t0: float | None = None, *, output: storage.Output | None = None) -> TrainResult:
     """The training ``state`` (from the last checkpoint) -> its best weights -> test evaluation -> artifact in
-    ``out_dir``; config.yaml, history.json and confusion.png in ``run_dir``."""
+    ``out_dir`` (committed into ``output`` when the caller holds it open); config.yaml, confusion.png and
+    history.json (last: the run folder's finished marker) in ``run_dir``."""
     manifest, loop = prepared["manifest"], prepared["loop_config"]
     genres = list(manifest["genres"])
     synthetic = bool(manifest.get("synthetic", False))
@@ -353,16 +364,16 @@ def finish(features_dir: str, prepared: dict[str, Any], cfg: TrainConfig, state:
                "epochs_run": len(state["history"]), "stopped_early": state["stopped_early"]}
     save_model(out_dir, model, cfg.model, hparams, {**manifest["features"], "frames": loop["frames"]}, genres,
                prepared["mean"], prepared["std"], metrics, synthetic,
-               extra={"features_dir": str(features_dir), "run_dir": str(run_dir)})
+               extra={"features_dir": str(features_dir), "run_dir": str(run_dir)}, output=output)
     config = to_dict(cfg)
     storage.write_text_atomic(storage.join(run_dir, "config.yaml"), yaml.safe_dump(config, sort_keys=False))
     history = {"features_dir": str(features_dir), "model_dir": str(out_dir), "synthetic": synthetic,
                "best_epoch": state["best_epoch"], "stopped_early": state["stopped_early"],
                "resumed_from": state["resumed_from"], "history": state["history"], "test": metrics["test"],
                "eval_check": check}
-    storage.write_json_atomic(storage.join(run_dir, "history.json"), history)
     plot_confusion(test["confusion"], genres, storage.join(run_dir, "confusion.png"),
                    f"{cfg.model.upper()} test segments, accuracy {test['segment_accuracy']:.1%}", synthetic=synthetic)
+    storage.write_json_atomic(storage.join(run_dir, "history.json"), history)
     return TrainResult(run_dir=run_dir, model_dir=str(out_dir), history=state["history"],
                        best_epoch=state["best_epoch"], stopped_early=state["stopped_early"],
                        resumed_from=list(state["resumed_from"]), test=test, config=config,

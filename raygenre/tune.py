@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-import pyarrow.fs as pafs
 import torch
 
 from raygenre import storage, workspace
@@ -201,11 +200,11 @@ def _read_checkpoint_state(checkpoint_path: str) -> dict[str, Any]:
 
 
 def _copy_dir(src: str, dest: str) -> None:
-    """Copy a folder (local or URI) so that ``dest`` appears whole."""
-    src_fs, src_inner = storage.resolve(src)
-    with storage.atomic_dir(dest) as tmp:
-        dst_fs, dst_inner = storage.resolve(tmp)
-        pafs.copy_files(src_inner, dst_inner, source_filesystem=src_fs, destination_filesystem=dst_fs)
+    """Copy a model folder (local or URI) so that ``dest`` appears whole (``artifact.copy_model``); ``dest``
+    is raygenre's own (OUT/models/best, the workspace default), so a model there is replaced."""
+    from raygenre.artifact import copy_model
+
+    copy_model(src, dest, overwrite=True)
 
 
 def tune_models(features_dir: str, cfg: TuneConfig, out: str, base: TrainConfig, *, resume: bool = False,

@@ -7,7 +7,9 @@ Ray starts. Tests that need their own Ray cluster (job submit, multi-node) start
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +29,42 @@ os.environ.setdefault("RAYGENRE_PROGRESS", "0")  # no redrawn progress bars in t
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 for var in ("HOME", "RAY_TMPDIR", "RAYGENRE_HOME"):
     Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# S3 for the `s3` fixture: a moto server on loopback. The variables are set here, before Ray starts, because
+# Ray workers (which write Parquet and parts) read them in their own processes; they point every s3:// URI at
+# this port, where nothing listens unless a test uses `s3`, so no test can reach a real bucket.
+S3_PORT = _free_port()
+os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}", AWS_ACCESS_KEY_ID="raygenre-test",
+                  AWS_SECRET_ACCESS_KEY="raygenre-test", AWS_DEFAULT_REGION="us-east-1",
+                  AWS_EC2_METADATA_DISABLED="true")
+for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+    os.environ.pop(_var, None)
+S3_BUCKET = "raygenre-test"
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A real S3 endpoint (moto's server, 127.0.0.1 only) with bucket ``S3_BUCKET``; yields its URL."""
+    boto3 = pytest.importorskip("boto3")
+    server_mod = pytest.importorskip("moto.server")
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    server.start()
+    boto3.client("s3").create_bucket(Bucket=S3_BUCKET)
+    yield os.environ["AWS_ENDPOINT_URL"]
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: str) -> str:
+    """A fresh ``s3://`` prefix for one test in the moto bucket."""
+    return f"s3://{S3_BUCKET}/{uuid.uuid4().hex[:10]}"
 
 
 def shared_dir() -> Path:

@@ -168,8 +168,11 @@ def table(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> tuple[Pa
 
 def test_table_rows_labels_and_manifest(table) -> None:
     root, out, manifest = table
-    assert sorted(os.listdir(out)) == ["features.json", "segments"]
+    # features.json (written last) names the one committed attempt that holds the table
+    assert sorted(os.listdir(out)) == ["attempts", "features.json"]
     assert read_manifest(str(out)) == json.loads((out / "features.json").read_text())
+    assert os.listdir(out / "attempts") == [manifest["attempt"].split("/")[1]]
+    assert table_path(str(out)) == str(out / manifest["attempt"] / "segments")
     assert manifest["genres"] == ["blues", "jazz", "rock"] and manifest["frames"] == 130
     assert manifest["features"] == {"sample_rate": 22050, "n_mfcc": 13, "n_fft": 2048, "hop_length": 512,
                                     "n_mels": 128, "segment_seconds": 3.0}
@@ -235,6 +238,9 @@ def test_rerun_is_skipped_and_mismatch_is_refused(table) -> None:
     root, out, manifest = table
     again = featurize(str(root), str(out), small_cfg())
     assert again.skipped and again.manifest == manifest
+    with pytest.raises(FileExistsError, match="already holds a raygenre feature table.*--overwrite"):
+        featurize(str(root), str(out), small_cfg(seed=5))  # other parameters: replacing needs overwrite
+    assert read_manifest(str(out)) == manifest
     other = load_config("featurize", overrides={"features": {"n_mfcc": 20}}).features
     with pytest.raises(FeatureMismatchError, match="n_mfcc: table has 13, this model needs 20"):
         check_features(manifest, other)
@@ -267,7 +273,7 @@ def test_interrupted_run_leaves_no_finished_table_and_rerun_completes(tmp_path: 
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
-            if any(p.name.startswith(".out.tmp-") for p in tmp_path.iterdir()):
+            if any(out.glob("attempts/*/segments/*.parquet")):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "featurize ended before it could be interrupted"
@@ -275,11 +281,15 @@ def test_interrupted_run_leaves_no_finished_table_and_rerun_completes(tmp_path: 
         os.killpg(proc.pid, signal.SIGKILL)  # the process group we started: the driver and its local Ray
         proc.wait()
     assert not (out / "features.json").exists()
+    with pytest.raises(FileNotFoundError, match="not a finished feature table"):
+        read_mfcc_table(str(out))
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (out / "features.json").is_file()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-")]
-    assert json.loads((out / "features.json").read_text())["counts"]["segments_total"] == 36
+    manifest = json.loads((out / "features.json").read_text())
+    assert manifest["counts"]["segments_total"] == 36
+    assert os.listdir(out / "attempts") == [manifest["attempt"].split("/")[1]]  # the killed attempt is gone
+    assert sorted(os.listdir(out)) == ["attempts", "features.json"]  # and so is its lease
+    assert sorted(os.listdir(tmp_path)) == ["ds", "out"]
 
 
 def test_cli_featurize_help_and_run(tmp_path: Path) -> None:
