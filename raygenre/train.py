@@ -448,6 +448,16 @@ def epoch_rows(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> 
     return np.random.default_rng([seed, epoch]).permutation(n)[rank * per_rank:(rank + 1) * per_rank]
 
 
+def bn_rows(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
+    """This rank's share of the ``BN_SAMPLE`` train rows BatchNorm statistics are recomputed over this epoch.
+
+    Drawn from a fresh permutation of the WHOLE split: the first BN_SAMPLE rows of the table would be one or
+    two genres (featurize writes genre by genre), and statistics of blues alone put the eval-mode cnn 10 points
+    below its train-mode accuracy on the built-in set (84 % vs 95 %; the eval-mode check caught it).
+    """
+    return epoch_rows(n, seed + 1, epoch, rank, world)[: max(1, BN_SAMPLE // world)]
+
+
 def _batches(x: np.ndarray, y: np.ndarray, rows: np.ndarray, batch: int, device: torch.device,
              mean: torch.Tensor, std: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Standardised (batch, frames, n_mfcc) float32 inputs and int64 labels for ``rows``, in order."""
@@ -547,7 +557,7 @@ def fit_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: di
         tr = run_epoch(model, xtr, ytr, epoch_rows(len(ytr), config["seed"], epoch, rank, world), config, device,
                        mean, std, local_batch, optimizer=optimizer, on_batch=_fault_hook(config, epoch, rank, world))
         if config["bn_recompute"]:
-            sample = epoch_rows(min(len(ytr), BN_SAMPLE), config["seed"] + 1, epoch, rank, world)
+            sample = bn_rows(len(ytr), config["seed"], epoch, rank, world)
             recompute_batchnorm(_unwrap(model), xtr, sample, device, mean, std, 256, world)
         va = run_epoch(model, xva, yva, val_rows, config, device, mean, std, max(local_batch, 256))
         if (va["acc"], -va["loss"]) > (state["best_val_acc"], -state["best_val_loss"]):

@@ -23,7 +23,9 @@ from raygenre.config import load_config
 from raygenre.evaluate import evaluate
 from raygenre.models import build_model
 from raygenre.train import (
+    BN_SAMPLE,
     best_model,
+    bn_rows,
     epoch_rows,
     eval_mode_check,
     prepare,
@@ -106,6 +108,18 @@ def test_every_rank_sees_a_fresh_uniform_sample() -> None:
     assert np.array_equal(epoch_rows(1000, 0, 3, 1, 2), epoch_rows(1000, 0, 3, 1, 2))  # reproducible
     assert not np.array_equal(epoch_rows(1000, 0, 3), epoch_rows(1000, 0, 4))  # fresh every epoch
     assert len(epoch_rows(1001, 0, 1, 0, 2)) == 500  # at most world - 1 rows sit out
+
+
+def test_batchnorm_sample_is_uniform_over_the_whole_split() -> None:
+    """A split larger than the sample, sorted by genre: the sample still covers every genre in its share."""
+    labels = np.repeat(np.arange(10), 1000)  # 10,000 rows, genre by genre
+    for world in (1, 2):
+        parts = [bn_rows(len(labels), seed=0, epoch=2, rank=r, world=world) for r in range(world)]
+        rows = np.concatenate(parts)
+        assert len(rows) == BN_SAMPLE and len(np.unique(rows)) == len(rows)
+        share = np.bincount(labels[rows], minlength=10) / len(rows)
+        assert share.min() > 0.06 and share.max() < 0.14, share
+    assert not np.array_equal(bn_rows(10_000, 0, 2), bn_rows(10_000, 0, 3))  # fresh every epoch
 
 
 def test_recompute_batchnorm_gives_the_statistics_of_the_sample() -> None:
