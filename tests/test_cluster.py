@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -278,6 +279,27 @@ def test_job_submit_trains_then_labels_and_logs_show_progress(head: Head, table:
     assert all(r["genre"] in GENRES and not r["error"] for r in rows), rows
     assert all(abs(sum(float(r[f"p_{g}"]) for g in GENRES) - 1) < 1e-3 for r in rows)
     assert "Labelled 6 files" in _logs(head, job_id)
+
+
+@pytest.mark.slow
+def test_job_submit_writes_to_s3_as_the_k8s_jobs_do(head: Head, table: str, s3: str) -> None:
+    """A submitted train job whose --out is an s3:// URI on the moto endpoint (the head inherited the AWS
+    variables, as KubeRay pods get them from a secret); the model is read back from the bucket."""
+    import raygenre
+
+    model_uri = f"{s3}/model"
+    job_id, sub = _submit(head, "s3", ["raygenre", "train", "--model", "ann", "--features", table, "--out",
+                                       model_uri, "--epochs", "1", "--min-epochs", "1", "--workers", "1",
+                                       "--no-set-default"])
+    assert sub.returncode == 0, f"train job failed:\n{_tail(sub.stdout + sub.stderr)}"
+    assert _status(head, job_id) == "SUCCEEDED"
+    model = raygenre.load_model(model_uri)
+    assert model.name == "ann" and list(model.genres) == list(GENRES)
+    from raygenre import storage
+
+    fs, inner = storage.resolve(f"{s3}/runs")
+    runs = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+    assert any(i.path.endswith("/history.json") for i in runs)  # Ray Train's run folder went to S3 too
 
 
 @pytest.mark.slow

@@ -259,3 +259,31 @@ def test_s3_train_killed_mid_run_leaves_no_model_and_rerun_succeeds(s3: str, tmp
                              text=True, timeout=600)
     assert refused.returncode == 2 and "already holds a raygenre model" in refused.stderr
     assert "--overwrite" in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.slow
+def test_s3_tune_writes_every_output_to_the_bucket(s3: str, tmp_path: Path, ray_local: None) -> None:
+    """`raygenre tune --out s3://...` (tiny budget): trials, checkpoints, models and tune.json in the bucket;
+    a second run on the same --out is refused without --overwrite."""
+    from raygenre.cli import check_tune_out
+    from raygenre.config import load_config
+    from raygenre.tune import tune_models
+
+    fs, _ = storage.resolve(s3)
+    local_table = tmp_path / "table"
+    write_feature_table(local_table, ("blues", "jazz"))
+    table_uri = f"{s3}/table"
+    pafs.copy_files(str(local_table), storage.resolve(table_uri)[1], source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+    out = f"{s3}/tune"
+    cfg = load_config("tune", overrides={"models": ["ann"], "num_samples": 1, "max_epochs": 2})
+    result = tune_models(table_uri, cfg, out, load_config("train"), verbose=0, set_default=False)
+    keys = _keys(out)
+    assert "tune.json" in keys and "trials.csv" in keys and "trials.parquet" in keys
+    assert any(k.startswith("train/") and k.endswith("train_state.pt") for k in keys)  # trial checkpoints
+    assert load_model(f"{out}/models/ann").name == "ann" and load_model(f"{out}/models/best").name == "ann"
+    summary = json.loads(fs.open_input_stream(f"{storage.resolve(out)[1]}/tune.json").read())
+    assert summary["best_model"] == result.best_model == "ann"
+    assert pq.read_table(f"{storage.resolve(out)[1]}/trials.parquet", filesystem=fs).num_rows == 1
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        check_tune_out(out, resume=False, overwrite=False)
