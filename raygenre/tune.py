@@ -192,10 +192,17 @@ def trial_table(model: str, results: Any, max_epochs: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _read_checkpoint_state(checkpoint_path: str) -> dict[str, Any]:
-    data = storage.read_bytes(storage.join(checkpoint_path, STATE_FILE))
+def _read_checkpoint_state(checkpoint_path: str, out: str) -> dict[str, Any]:
+    """The training state in a trial's checkpoint. Tune reports ``checkpoint_path`` inside the run's filesystem,
+    without a scheme (``bucket/prefix/train/...`` for an ``s3://`` ``out``), so it is read through ``out``'s."""
     import io
 
+    if storage.is_uri(checkpoint_path):
+        data = storage.read_bytes(storage.join(checkpoint_path, STATE_FILE))
+    else:
+        fs, _ = storage.resolve(out)
+        with fs.open_input_stream(f"{checkpoint_path.rstrip('/')}/{STATE_FILE}") as f:
+            data = f.read()
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)["state"]
 
 
@@ -272,7 +279,7 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, base: TrainConfig,
         # highest validation accuracy; ties go to the lower validation loss
         top = ok.sort_values(["best_val_acc", "best_val_loss"], ascending=[False, True]).iloc[0]
         tcfg = _trial_cfg(mbase, top.to_dict())
-        state = _read_checkpoint_state(top["checkpoint_path"])
+        state = _read_checkpoint_state(top["checkpoint_path"], out)
         model_dir = storage.join(out, "models", model)
         res = finish(features_dir, _trial_prepared(prepared, tcfg), tcfg, state, model_dir,
                      storage.join(out, "train", f"trial-{top['trial_id']}"), t0)
