@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -29,6 +30,21 @@ from raygenre.storage import LEASE, Lease, OutputExistsError
 def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "raygenre.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO)
+
+
+def _kill_when(cmd: list[str], ready: Callable[[], bool], *, timeout: float, poll: float,
+               env: dict[str, str] | None = None) -> None:
+    """Run ``cmd`` in its own session until ``ready()``, then SIGKILL its whole process group (a killed run)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None and not ready():
+            time.sleep(poll)
+        assert proc.poll() is None, f"{cmd[3]} ended before it could be interrupted"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _keys(uri: str) -> list[str]:
@@ -194,17 +210,8 @@ def test_s3_featurize_killed_mid_write_leaves_nothing_finished_and_rerun_succeed
     root = make_dataset(tmp_path / "ds", per_genre=6)
     out = f"{s3}/killed"
     cmd = [sys.executable, "-m", "raygenre.cli", "featurize", str(root), "--out", out, "--segments", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            if any(k.startswith("attempts/") and k.endswith(".parquet") for k in _keys(out)):
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "featurize ended before it could be interrupted"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    _kill_when(cmd, lambda: any(k.startswith("attempts/") and k.endswith(".parquet") for k in _keys(out)),
+               timeout=240, poll=0.05)
     left = _keys(out)
     assert "features.json" not in left and LEASE in left  # killed: its lease and attempt stay, nothing finished
     with pytest.raises(FileNotFoundError, match="not a finished feature table"):
@@ -234,18 +241,7 @@ def test_s3_train_killed_mid_run_leaves_no_model_and_rerun_succeeds(s3: str, tmp
     cmd = [sys.executable, "-m", "raygenre.cli", "train", "--model", "ann", "--features", table_uri, "--out",
            model_uri, "--epochs", "30", "--min-epochs", "30", "--workers", "1", "--no-set-default"]
     env = {**os.environ, "RAY_ADDRESS": ""}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if any("checkpoint" in k for k in _keys(f"{s3}/runs")):
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, "train ended before it could be interrupted"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    _kill_when(cmd, lambda: any("checkpoint" in k for k in _keys(f"{s3}/runs")), timeout=300, poll=0.2, env=env)
     assert "model.json" not in _keys(model_uri) and LEASE in _keys(model_uri)
     with pytest.raises(ArtifactError):
         load_model(model_uri)
