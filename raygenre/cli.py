@@ -238,19 +238,24 @@ def label(
     loses nothing: run the same command again to finish it. OUT is written at the end, atomically.
     Bad files (corrupt, empty, unreadable, too short, not audio) get a row whose `error` says why.
 
-    Exit status: 0 all files labelled, 1 some files had errors (the run finished), 2 usage error (e.g. no model).
+    Exit status: 0 all files labelled, 1 some files had errors (the run finished), 2 usage error (e.g. no model),
+    3 the run stopped early (model actors kept dying): every row so far is kept, the same command resumes.
     """
     import dataclasses
 
     from raygenre.config import load_config
-    from raygenre.label import default_out, format_of, label_library
+    from raygenre.label import LabelStopped, default_out, format_of, label_library
 
     cfg = load_config("label", config, {"format": fmt, "segments_per_track": segments_per_track,
                                         "batch_size": batch_size, "gpu": gpu})
     if fmt is None and out is not None and format_of(out):
         cfg = dataclasses.replace(cfg, format=format_of(out))
-    result = label_library(library, out or default_out(cfg.format), cfg, model_dir=model, address=address,
-                           resume=resume, progress=True)
+    try:
+        result = label_library(library, out or default_out(cfg.format), cfg, model_dir=model, address=address,
+                               resume=resume, progress=True)
+    except LabelStopped as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(3) from None
     print_label_summary(result)
     if result.errors:
         raise typer.Exit(1)

@@ -75,6 +75,7 @@ class FeaturizeConfig:
     segments: int  # segments cut from the start of each track, back to back
     split: SplitConfig
     tracks_per_batch: int  # most tracks per Ray Data task (decode + MFCC); fewer to give every CPU 4 tasks
+    decode_timeout_s: float  # per file: a decoder still busy after this long is killed (0 = no limit, no child)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +139,8 @@ class LabelConfig:
     actors: int  # model actors (0 = derive from the cluster)
     files_per_part: int  # rows per output part file (each part is written atomically)
     extensions: list[str]
+    decode_timeout_s: float  # per file: a decoder still busy after this long is killed (0 = no limit, no child)
+    actor_restarts: int  # model actor restarts allowed in all (deaths) before the run stops, keeping its rows
 
 
 SECTIONS: dict[str, type] = {

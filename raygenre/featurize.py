@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raygenre import __version__, storage
+from raygenre import __version__, decoder, storage
 from raygenre.audio import AudioError, load
 from raygenre.config import FeatureParams, FeaturizeConfig, to_dict
 from raygenre.features import MfccExtractor, cut_segments, mfcc_of_segments
@@ -60,11 +60,13 @@ def _extractor(params: FeatureParams) -> MfccExtractor:
     return MfccExtractor(params)
 
 
-def featurize_batch(batch: dict[str, np.ndarray], params: FeatureParams, segments: int) -> dict[str, np.ndarray]:
+def featurize_batch(batch: dict[str, np.ndarray], params: FeatureParams, segments: int,
+                    timeout_s: float = 0.0) -> dict[str, np.ndarray]:
     """Ray Data task: a batch of tracks -> one row per kept segment, or one placeholder row per rejected track.
 
     Placeholder rows carry the reject reason in ``error`` (and ``segment == -1``); they keep the block's
-    columns uniform and are filtered out before writing.
+    columns uniform and are filtered out before writing. With ``timeout_s > 0`` each track decodes in the
+    worker's decoder child (``raygenre.decoder``): a track that hangs or crashes it is rejected alone.
     """
     p = params
     extractor = _extractor(params)
@@ -76,7 +78,8 @@ def featurize_batch(batch: dict[str, np.ndarray], params: FeatureParams, segment
         try:
             # Only what the segments need (+0.1 s so resampling sees past the last one): a whole 20-minute
             # 44.1 kHz stereo FLAC took 606 MiB in one decode; hour-long files would take a worker down.
-            y = load(path, p.sample_rate, duration_s=segments * p.segment_seconds + 0.1)
+            y = decoder.run(load, path, p.sample_rate, 0.0, segments * p.segment_seconds + 0.1,
+                            timeout_s=timeout_s, setting="featurize.decode_timeout_s")
             pieces, index, dropped = cut_segments(y, p, segments)
             if len(pieces) < MIN_SEGMENTS_PER_TRACK:
                 raise AudioError(f"too short: {y.size / p.sample_rate:.2f} s of audio, "
@@ -206,7 +209,8 @@ def _featurize(dataset: str, output: storage.Output, cfg: FeaturizeConfig, track
     resources = ensure_ray(address)
     per_task = tracks_per_task(len(items), cfg.tracks_per_batch, resources.get("CPU", 1.0))
     ds = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / per_task))
-    ds = ds.map_batches(featurize_batch, fn_kwargs={"params": cfg.features, "segments": cfg.segments},
+    ds = ds.map_batches(featurize_batch, fn_kwargs={"params": cfg.features, "segments": cfg.segments,
+                                                    "timeout_s": cfg.decode_timeout_s},
                         batch_size=per_task, batch_format="numpy", num_cpus=1)
     ds = ds.materialize()  # decoded once; the table and the summary both read from it
 

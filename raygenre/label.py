@@ -24,6 +24,7 @@ Bad files never stop a run: each gets a row whose ``error`` says why (``raygenre
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import dataclasses
 import fcntl
@@ -34,6 +35,7 @@ import os
 import re
 import stat
 import sys
+import threading
 import time
 import uuid
 import zlib
@@ -74,6 +76,10 @@ class NoModelError(FileNotFoundError):
 
 class ResumeMismatchError(ValueError):
     """``OUT.parts/`` holds results made with another model or other settings."""
+
+
+class LabelStopped(RuntimeError):
+    """The run could not go on (model actors or decode workers kept dying); every row so far is saved."""
 
 
 @dataclass
@@ -383,22 +389,30 @@ def _extractor(params: FeatureParams) -> MfccExtractor:
     return MfccExtractor(params)
 
 
-def decode_file(path: str, params: FeatureParams, count: int) -> tuple[np.ndarray, float]:
+def decode_file(path: str, params: FeatureParams, count: int, timeout_s: float = 0.0) -> tuple[np.ndarray, float]:
     """MFCC of up to ``count`` segments spread evenly across ``path``: ((k, frames, n_mfcc) float32, duration s).
 
-    Only the windows are decoded where the format can seek. Raises ``AudioError`` for unusable files,
-    including a track shorter than one segment.
+    Only the windows are decoded where the format can seek. With ``timeout_s > 0`` the decoding runs in the
+    worker's decoder child (``raygenre.decoder``) and must finish within ``timeout_s`` seconds; 0 decodes
+    in this process. Raises ``AudioError`` for unusable files, including a track shorter than one segment
+    and a file that hangs or crashes its decoder.
     """
+    from raygenre import decoder
     from raygenre.audio import info, load_windows
     from raygenre.features import frames_for, mfcc_of_segments, window_starts
 
-    header = info(path)
+    deadline = time.monotonic() + timeout_s  # one limit for the whole file: header and windows
+    limit = {"timeout_s": timeout_s, "deadline": deadline, "setting": "label.decode_timeout_s"}
+    header = decoder.run(info, path, **limit)
     duration = header.duration_s
     starts = window_starts(duration, params, count)
     if not starts:
         raise _with_duration(AudioError(f"too short: {duration:.2f} s of audio; a segment needs "
                                         f"{params.segment_seconds:g} s"), duration)
-    pieces = load_windows(path, params.sample_rate, starts, params.segment_seconds, header=header)
+    try:
+        pieces = decoder.run(load_windows, path, params.sample_rate, starts, params.segment_seconds, header, **limit)
+    except AudioError as exc:
+        raise _with_duration(exc, duration) from None
     full = [p for p in pieces if p.size and frames_for(p.size, params) == params.frames]
     if not full:
         raise _with_duration(AudioError(f"no full {params.segment_seconds:g} s segment could be decoded "
@@ -412,11 +426,13 @@ def _with_duration(exc: AudioError, duration_s: float) -> AudioError:
     return exc
 
 
-def decode_batch(batch: dict[str, np.ndarray], params: FeatureParams, count: int) -> dict[str, np.ndarray]:
+def decode_batch(batch: dict[str, np.ndarray], params: FeatureParams, count: int,
+                 timeout_s: float = 0.0) -> dict[str, np.ndarray]:
     """Ray Data task: scan rows -> the same rows plus ``duration_s``, ``segments_used`` and ``mfcc``.
 
     ``mfcc``: float32 (B, count, frames, n_mfcc), zero past ``segments_used`` (0 for error rows). A file that
-    fails, however it fails, becomes an error row; the batch always completes.
+    fails, however it fails (its decoder hangs past ``timeout_s`` or crashes included), becomes an error row;
+    the rest of the batch is decoded as usual.
     """
     n = len(batch["path"])
     mfcc = np.zeros((n, count, params.frames, params.n_mfcc), dtype=np.float32)
@@ -427,7 +443,7 @@ def decode_batch(batch: dict[str, np.ndarray], params: FeatureParams, count: int
         if errors[i] is not None:
             continue
         try:
-            feats, duration[i] = decode_file(str(path), params, count)
+            feats, duration[i] = decode_file(str(path), params, count, timeout_s)
             mfcc[i, : len(feats)] = feats
             used[i] = len(feats)
         except AudioError as exc:
@@ -484,9 +500,13 @@ def mean_per_file(probs: np.ndarray, used: np.ndarray) -> np.ndarray:
 class Predictor:
     """Actor: loads the model once, then turns decoded batches into output rows (a ``pa.Table``)."""
 
-    def __init__(self, model_dir: str, model_id: str, device: str = "cpu") -> None:
+    def __init__(self, model_dir: str, model_id: str, device: str = "cpu", starts: Any = None) -> None:
         from raygenre.artifact import load_model
 
+        if starts is not None:  # an ActorStarts handle: the driver stops the run when actors keep dying
+            import ray
+
+            ray.get(starts.add.remote())
         self.model = load_model(model_dir).to(device)
         self.genres = list(self.model.genres)
         self.id = model_id
@@ -548,7 +568,7 @@ def _pool_sizes(cfg: LabelConfig, resources: dict[str, float]) -> tuple[int, flo
 
 
 def _build_dataset(root: str, cfg: LabelConfig, params: FeatureParams, model_dir: str, mid: str,
-                   parts_dir: str | None, resources: dict[str, float]) -> Any:
+                   parts_dir: str | None, resources: dict[str, float], starts: Any = None) -> Any:
     """The lazy Ray Data pipeline: scan -> decode (tasks) -> model (actor pool)."""
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
@@ -562,12 +582,20 @@ def _build_dataset(root: str, cfg: LabelConfig, params: FeatureParams, model_dir
     # as a single block: a streaming repartition re-cuts the stream (without materialising it) into blocks of
     # SCAN_BLOCK_ROWS paths. Its tasks are short but take 1 CPU, hence the 1 CPU _pool_sizes keeps free.
     ds = ds.repartition(target_num_rows_per_block=SCAN_BLOCK_ROWS)
-    ds = ds.map_batches(decode_batch, fn_kwargs={"params": params, "count": cfg.segments_per_track},
+    # A file that hangs or crashes its decoder fails alone inside the task (raygenre.decoder); a task dies only
+    # with its worker (killed, out of memory), and Ray Data runs it again.
+    ds = ds.map_batches(decode_batch, fn_kwargs={"params": params, "count": cfg.segments_per_track,
+                                                 "timeout_s": cfg.decode_timeout_s},
                         batch_size=SCAN_BLOCK_ROWS, batch_format="numpy", num_cpus=decode_cpus,
                         compute=TaskPoolStrategy(size=decoders))
     gpu_args = {"num_gpus": 1} if cfg.gpu else {}
+    # Ray Data restarts a dead actor and retries its batch, without bound. Each start is counted (starts), and
+    # the driver stops the run when there were more than actors + label.actor_restarts (see _Watchdog): a
+    # model that kills its actor every time (GPU fault, out of memory) would otherwise loop forever. Ray's own
+    # max_restarts is no way out: with it spent, Ray Data 2.60 waits on the dead actor forever (measured).
     return ds.map_batches(Predictor, fn_constructor_kwargs={"model_dir": model_dir, "model_id": mid,
-                                                            "device": "cuda" if cfg.gpu else "cpu"},
+                                                            "device": "cuda" if cfg.gpu else "cpu",
+                                                            "starts": starts},
                           compute=ActorPoolStrategy(size=actors), batch_size=cfg.batch_size,
                           batch_format="numpy", num_cpus=actor_cpus, **gpu_args)
 
@@ -580,7 +608,8 @@ class PartWriter:
         self.parts_dir, self.schema, self.rows_per_part = parts_dir, schema, max(1, rows_per_part)
         self.index = first_index
         self.buffer: list[pa.Table] = []
-        self.rows = 0
+        self.rows = 0  # buffered, not yet in a part
+        self.written = 0  # in parts
         self.last_flush = time.monotonic()
 
     def add(self, table: pa.Table) -> None:
@@ -604,6 +633,7 @@ class PartWriter:
         # durable before it counts: a part that power loss leaves empty would be taken as "labelled"
         storage.write_bytes_durable(storage.join(self.parts_dir, name), sink.getvalue().to_pybytes())
         self.index += 1
+        self.written += rows
         rest = table.slice(rows)
         self.buffer, self.rows, self.last_flush = ([rest] if rest.num_rows else []), rest.num_rows, time.monotonic()
 
@@ -765,6 +795,63 @@ def _prepare_parts(parts_dir: str, run: dict[str, Any], resume: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- run
+class ActorStarts:
+    """Counts model actor starts (first starts and restarts); run as a 0-CPU Ray actor by ``_Watchdog``."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self) -> int:
+        self.n += 1
+        return self.n
+
+    def count(self) -> int:
+        return self.n
+
+
+class _Watchdog:
+    """Stops the driver's loop (``KeyboardInterrupt`` in the main thread) once the model actors have started more
+    than ``budget`` times; ``tripped`` tells that apart from a user's Ctrl-C."""
+
+    POLL_SECONDS = 1.0
+
+    def __init__(self, budget: int) -> None:
+        import ray
+
+        self.budget = budget
+        self.starts = ray.remote(num_cpus=0)(ActorStarts).remote()
+        self.tripped = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="raygenre-actor-watchdog", daemon=True)
+
+    def _watch(self) -> None:
+        import ray
+
+        while not self._done.wait(self.POLL_SECONDS):
+            try:
+                started = ray.get(self.starts.count.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 - Ray is shutting down: nothing left to watch
+                return
+            if started > self.budget:
+                self.tripped.set()
+                _thread.interrupt_main()
+                return
+
+    def __enter__(self) -> _Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+
+def _stopped_message(cause: str, parts_dir: str, rows: int) -> str:
+    """One paragraph for a run that could not go on: why, what is kept, what to do."""
+    return (f"labelling stopped: {cause}. The {rows} rows written by this run and all earlier ones are kept in "
+            f"{parts_dir}: run the same command again to resume.")
+
+
 PROGRESS_LINE_SECONDS = 30.0  # without a terminal (ray job logs, CI), one progress line this often
 
 
@@ -854,8 +941,21 @@ def label_library(library: str, out: str, cfg: LabelConfig, *, model_dir: str | 
         schema = output_schema(genres)
         writer = PartWriter(parts_dir, schema, cfg.files_per_part, first)
         with _quiet_ray_data():
-            ds = _build_dataset(root, cfg, model.features, model_dir, mid, parts_dir if first else None, resources)
-            new, audio_s = _run_pipeline(ds, writer, progress)
+            actors = _pool_sizes(cfg, resources)[0]
+            watchdog = _Watchdog(actors + cfg.actor_restarts)
+            ds = _build_dataset(root, cfg, model.features, model_dir, mid, parts_dir if first else None, resources,
+                                watchdog.starts)
+            try:
+                with watchdog:
+                    new, audio_s = _run_pipeline(ds, writer, progress)
+            except KeyboardInterrupt:
+                if not watchdog.tripped.is_set():
+                    raise
+                writer.flush()  # every row that reached the driver is kept: a rerun resumes after them
+                raise LabelStopped(_stopped_message(
+                    f"the model actors kept dying ({actors} actor(s) started {watchdog.budget + 1}+ times; "
+                    f"label.actor_restarts allows {cfg.actor_restarts} restarts): out of memory, or a GPU fault? "
+                    f"Ray's logs say why each died", parts_dir, writer.written)) from None
         tally = consolidate(parts_dir, out, cfg.format, schema)
     return LabelResult(out=str(out), format=cfg.format, files=tally.files, new=new, errors=tally.errors,
                        genres=tally.genres.most_common(), audio_hours=audio_s / 3600,

@@ -320,3 +320,30 @@ def test_a_long_file_decodes_only_what_its_segments_need(tmp_path: Path) -> None
     tracemalloc.stop()
     assert list(out["segment"]) == list(range(10)) and out["error"][0] is None
     assert peak < 40 * 2**20, peak  # the whole file would be 106 MB as float32 before downmixing
+
+
+def test_a_track_that_hangs_or_crashes_its_decoder_is_rejected_alone(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """featurize's task decodes in the decoder child (raygenre.decoder): a hang costs one track, after the limit."""
+    from raygenre import decoder
+    from raygenre.featurize import featurize_batch
+
+    names = ["ok-1", "x-HANG", "ok-2", "x-CRASH", "ok-3"]
+    for i, name in enumerate(names):
+        write_tone_track(tmp_path / f"{name}.wav", 6.2, seed=i)
+    monkeypatch.setenv(decoder.FAULTS_ENV, "hang=HANG,crash=CRASH")
+    decoder.decoder.cache_clear()  # a child started before would not know the faults
+    batch = {"path": np.array([str(tmp_path / f"{n}.wav") for n in names], dtype=object),
+             "track_id": np.array(names, dtype=object), "genre": np.array(["rock"] * 5, dtype=object),
+             "label": np.zeros(5, dtype=np.int32), "split": np.array(["train"] * 5, dtype=object)}
+    try:
+        out = featurize_batch(batch, small_cfg().features, 2, timeout_s=3.0)
+    finally:
+        decoder.decoder(3.0, "featurize.decode_timeout_s").kill()
+        decoder.decoder.cache_clear()
+    errors = {t: e for t, e in zip(out["track_id"], out["error"], strict=True) if e is not None}
+    assert "decoding took longer than 3 s (featurize.decode_timeout_s)" in errors.pop("x-HANG")
+    assert "the decoder crashed on this file (killed by SIGSEGV)" in errors.pop("x-CRASH")
+    assert errors == {}
+    kept = [t for t, s in zip(out["track_id"], out["segment"], strict=True) if s >= 0]
+    assert kept == ["ok-1", "ok-1", "ok-2", "ok-2", "ok-3", "ok-3"]  # the rest of the batch, every segment
