@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT_DIR, results_block, timed  # noqa: E402
 
 from raygenre.config import load_config  # noqa: E402
-from raygenre.label import SCAN_SHARDS, walk_shard  # noqa: E402
+from raygenre.label.scan import SCAN_SHARDS, walk_shard  # noqa: E402
 
 CFG = load_config("label")
 P = load_config("featurize").features
@@ -133,7 +133,7 @@ def _floor_init() -> None:
 def _floor_chunk(paths: list[str]) -> int:
     """Windowed decode + MFCC (what `raygenre label` must do per file), no model, no Ray."""
     from raygenre.audio import AudioError
-    from raygenre.label import decode_file
+    from raygenre.label.predict import decode_file
 
     done = 0
     for path in paths:
@@ -229,7 +229,7 @@ class MemorySampler(threading.Thread):
 
 def warm(lib: Path, model: str, tag: str) -> tuple[float, float, MemorySampler]:
     """(wall seconds, audio seconds labelled, memory) of `label_library` with Ray already running."""
-    from raygenre.label import label_library
+    from raygenre.label.pipeline import label_library
 
     sampler = MemorySampler()
     sampler.start()
@@ -242,7 +242,7 @@ def warm(lib: Path, model: str, tag: str) -> tuple[float, float, MemorySampler]:
 
 def warm_up(lib: Path, model: str) -> None:
     """A first in-process call on 8 of the library's files, so that the timed call is the second one."""
-    from raygenre.label import label_library
+    from raygenre.label.pipeline import label_library
 
     small = OUT_DIR / "label-warmup"
     shutil.rmtree(small, ignore_errors=True)

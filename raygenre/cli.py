@@ -244,7 +244,8 @@ def label(
     import dataclasses
 
     from raygenre.config import load_config
-    from raygenre.label import LabelStopped, default_out, format_of, label_library
+    from raygenre.label.parts import default_out, format_of
+    from raygenre.label.pipeline import LabelStopped, label_library
 
     cfg = load_config("label", config, {"format": fmt, "segments_per_track": segments_per_track,
                                         "batch_size": batch_size, "gpu": gpu})
@@ -548,7 +549,7 @@ def demo(
     from raygenre.builtin import ensure_dataset
     from raygenre.config import load_config
     from raygenre.featurize import featurize as run_featurize
-    from raygenre.label import label_library
+    from raygenre.label.pipeline import label_library
     from raygenre.runtime import ensure_ray
     from raygenre.synth import make_library
     from raygenre.tune import tune_models

@@ -404,7 +404,7 @@ def _child_placement(args: dict[str, Any], cluster: Any) -> dict[str, Any]:
     from ray.util.state import list_actors, list_tasks
 
     from raygenre.config import load_config
-    from raygenre.label import label_library
+    from raygenre.label.pipeline import label_library
     from raygenre.train import train
 
     root = Path(args["root"])

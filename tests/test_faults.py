@@ -30,7 +30,8 @@ from test_label import _descendants, _kill_tree, _proc_stat, random_model
 
 from raygenre.config import load_config
 from raygenre.decoder import FAULTS_ENV
-from raygenre.label import label_library, list_parts, parts_dir_of
+from raygenre.label.parts import list_parts, parts_dir_of
+from raygenre.label.pipeline import label_library
 
 
 def _cmdline(pid: int) -> str:

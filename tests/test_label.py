@@ -33,26 +33,18 @@ from raygenre.artifact import load_model, save_model
 from raygenre.cli import app
 from raygenre.config import load_config
 from raygenre.features import MfccExtractor, window_starts
-from raygenre.label import (
-    SCAN_SHARDS,
-    LabelResult,
-    NoModelError,
-    Predictor,
+from raygenre.label.parts import (
     ResumeMismatchError,
-    _pool_sizes,
     consolidate,
-    decode_batch,
-    decode_file,
     format_of,
-    label_library,
     list_parts,
-    mean_per_file,
     output_schema,
     parts_dir_of,
     read_labels,
-    scan_shard,
-    walk_shard,
 )
+from raygenre.label.pipeline import LabelResult, NoModelError, _pool_sizes, label_library
+from raygenre.label.predict import Predictor, decode_batch, decode_file, mean_per_file
+from raygenre.label.scan import SCAN_SHARDS, scan_shard, walk_shard
 from raygenre.models import build_model
 
 F = load_config("featurize").features  # 22050 Hz, 13 MFCC, 3 s segments: what the models are trained on
@@ -333,7 +325,8 @@ PERMISSION_CHECK = """
 import json, sys
 import numpy as np
 from raygenre.config import load_config
-from raygenre.label import SCAN_SHARDS, decode_batch, scan_shard
+from raygenre.label.predict import decode_batch
+from raygenre.label.scan import SCAN_SHARDS, scan_shard
 lib = sys.argv[1]
 exts = frozenset(load_config("label").extensions)
 blocks = [b for k in range(SCAN_SHARDS) for b in scan_shard(lib, k, SCAN_SHARDS, exts, None)]

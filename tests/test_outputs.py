@@ -153,7 +153,7 @@ def test_s3_featurize_train_evaluate_label(s3: str, tmp_path: Path, ray_local: N
 
     from raygenre.cli import app
     from raygenre.config import load_config
-    from raygenre.label import label_library
+    from raygenre.label.pipeline import label_library
     from raygenre.train import train
 
     fs, _ = storage.resolve(s3)

@@ -1,0 +1,167 @@
+"""Finding a library's audio files: a streaming walk in shards, skipping what earlier runs already labelled.
+
+The library's top-level entries are split into ``SCAN_SHARDS`` shards by a hash of their name; scan task *k*
+lists the top level itself (streaming ``os.scandir``) and walks only the subtrees of its shard, yielding blocks
+of ``SCAN_BLOCK_ROWS`` paths: it holds one open folder and a stack of pending sub-folders, never a list of files.
+Hidden files and folders (``.name``) are skipped; symlinked folders are followed unless they point back into the
+library or into one of their own ancestors (a loop). Pure: no Ray (``pipeline.LibraryScan`` runs it as a source).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from raygenre import storage
+from raygenre.label.parts import list_parts, read_part, safe_str
+
+SCAN_SHARDS = 8  # read tasks; each walks the subtrees of ~1/8 of the top-level entries
+SCAN_BLOCK_ROWS = 8  # paths per scan block = files per decode task: small, so decoding spreads over workers
+
+
+def library_root(library: str) -> str:
+    """Absolute local path of the library; a clear error when it is not a readable local folder."""
+    local = storage.local_path(library)
+    if local is None:
+        raise ValueError(f"{library}: label decodes with libsndfile/ffmpeg, which need a local path "
+                         f"(or a shared mount on a cluster), not a remote URI")
+    if not local.exists():
+        raise FileNotFoundError(f"library not found: {library}")
+    if not local.is_dir():
+        raise NotADirectoryError(f"{library} is not a folder; give the folder that holds your music")
+    if not os.access(local, os.R_OK | os.X_OK):
+        raise ValueError(f"{library}: permission denied (cannot list the folder)")
+    return str(local)
+
+
+def shard_of(name: str, shards: int) -> int:
+    """Stable shard (0..shards-1) of a top-level entry name."""
+    return zlib.crc32(os.fsencode(name)) % shards
+
+
+def _shard_of_path(path: str, prefix: str, shards: int) -> int | None:
+    """Shard of a stored absolute path under ``prefix`` (root + "/"), ``None`` when it is elsewhere."""
+    if not path.startswith(prefix):
+        return None
+    return shard_of(path[len(prefix):].split("/", 1)[0], shards)
+
+
+@dataclass(frozen=True)
+class _Found:
+    """One candidate row from the scan."""
+
+    path: str
+    size: int  # bytes
+    mtime: float  # seconds since the epoch (st_mtime)
+    error: str | None = None
+
+
+def _dir_id(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _inside(path: str, root_real: str) -> bool:
+    return path == root_real or path.startswith(root_real.rstrip("/") + "/")
+
+
+def _consider(entry: os.DirEntry[str], ancestors: tuple[tuple[int, int], ...], root_real: str,
+              exts: frozenset[str], stack: list[tuple[str, tuple[tuple[int, int], ...]]]) -> Iterator[_Found]:
+    """Queue a sub-folder on ``stack`` or yield an audio file (by extension); ignore anything else."""
+    try:
+        is_dir = entry.is_dir(follow_symlinks=True)
+    except OSError:
+        is_dir = False
+    if is_dir:
+        try:
+            if entry.is_symlink() and _inside(os.path.realpath(entry.path), root_real):
+                return  # points back into the library: walked anyway (or a loop)
+            did = _dir_id(entry.path)
+        except OSError:
+            return
+        if did not in ancestors:  # a symlink to one of its own ancestors would loop
+            stack.append((entry.path, (*ancestors, did)))
+        return
+    if os.path.splitext(entry.name)[1].lower().lstrip(".") not in exts:
+        return
+    try:
+        st = entry.stat(follow_symlinks=True)
+        if stat.S_ISREG(st.st_mode):
+            yield _Found(entry.path, int(st.st_size), float(st.st_mtime))
+        else:  # a FIFO or device named like audio would block the decoder forever
+            yield _Found(entry.path, 0, float(st.st_mtime), "not a regular file (a pipe, socket or device)")
+    except FileNotFoundError:
+        yield _Found(entry.path, 0, 0.0, "broken symbolic link: its target does not exist")
+    except OSError as exc:
+        yield _Found(entry.path, 0, 0.0, f"cannot read the file's information: {exc.strerror or exc}")
+
+
+def walk_shard(root: str, shard: int, shards: int, exts: frozenset[str]) -> Iterator[_Found]:
+    """Audio files under the top-level entries of ``root`` in ``shard``, streamed (depth first).
+
+    Holds one open directory and a stack of pending sub-folders, never a list of files. A folder that
+    cannot be listed yields one error row (its path, size 0).
+    """
+    root_real = os.path.realpath(root)
+    base = (_dir_id(root),)
+    stack: list[tuple[str, tuple[tuple[int, int], ...]]] = []
+    with os.scandir(root) as top:
+        for entry in top:
+            # by the stored (UTF-8-safe) name: what load_done shards the rows of earlier runs by
+            if entry.name.startswith(".") or shard_of(safe_str(entry.name)[0], shards) != shard:
+                continue
+            yield from _consider(entry, base, root_real, exts, stack)
+            while stack:
+                folder, ancestors = stack.pop()
+                try:
+                    with os.scandir(folder) as it:
+                        for sub in it:
+                            if not sub.name.startswith("."):
+                                yield from _consider(sub, ancestors, root_real, exts, stack)
+                except OSError as exc:
+                    yield _Found(folder, 0, 0.0, f"cannot list this folder: {exc.strerror or exc}")
+
+
+def load_done(parts_dir: str, root: str, shard: int, shards: int) -> dict[str, tuple[int, float]]:
+    """{path: (size, mtime)} of rows already in the parts, for this shard only (1/shards of the library)."""
+    prefix = root.rstrip("/") + "/"
+    done: dict[str, tuple[int, float]] = {}
+    for part in list_parts(parts_dir):
+        cols = read_part(part, ["path", "size", "mtime"]).to_pydict()
+        for p, s, m in zip(cols["path"], cols["size"], cols["mtime"], strict=True):
+            if _shard_of_path(p, prefix, shards) == shard:
+                done[p] = (s, m)
+    return done
+
+
+SCAN_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime", pa.float64()),
+                         ("error", pa.string()), ("replaces", pa.bool_())])
+
+
+def scan_shard(root: str, shard: int, shards: int, exts: frozenset[str], parts_dir: str | None,
+               block_rows: int = SCAN_BLOCK_ROWS) -> Iterator[pa.Table]:
+    """Read task body: blocks (``SCAN_SCHEMA``) of files in ``shard`` that have no row in the parts yet.
+
+    ``replaces`` marks a file whose path has a row for another (size, mtime): it changed and is relabelled.
+    """
+    done = load_done(parts_dir, root, shard, shards) if parts_dir else {}
+    rows: dict[str, list[Any]] = {k: [] for k in SCAN_SCHEMA.names}
+    for found in walk_shard(root, shard, shards, exts):
+        path, name_error = safe_str(found.path)
+        prev = done.get(path)
+        if prev is not None and prev == (found.size, found.mtime):
+            continue
+        for key, value in (("path", path), ("size", found.size), ("mtime", found.mtime),
+                           ("error", found.error or name_error), ("replaces", prev is not None)):
+            rows[key].append(value)
+        if len(rows["path"]) >= block_rows:
+            yield pa.table(rows, schema=SCAN_SCHEMA)
+            rows = {k: [] for k in SCAN_SCHEMA.names}
+    if rows["path"]:
+        yield pa.table(rows, schema=SCAN_SCHEMA)
