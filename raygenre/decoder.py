@@ -35,6 +35,8 @@ from raygenre.audio import AudioError
 
 FAULTS_ENV = "RAYGENRE_TEST_DECODER_FAULTS"
 _HEADER = 8  # bytes: little-endian length of the pickled message that follows
+_IN_SHARED = 1 << 63  # header flag: the answer is in the shared memory file, not in the pipe
+SHARED_MIN = 1 << 16  # bytes: smaller answers go through the pipe
 
 
 class Decoder:
@@ -48,14 +50,20 @@ class Decoder:
     def __init__(self, timeout_s: float, setting: str = "decode_timeout_s") -> None:
         self.timeout_s, self.setting = timeout_s, setting
         self.proc: subprocess.Popen[bytes] | None = None
+        self.shared: int | None = None  # memfd for large answers (Linux)
 
     def _start(self) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
         # the child must import this very raygenre, wherever the worker found it (a Ray working_dir, a venv)
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        return subprocess.Popen([sys.executable, "-m", "raygenre.decoder"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, env=env, start_new_session=True)
+        # Large answers (decoded windows: MBs) go through a memory file both processes hold, not the pipe: through
+        # the pipe a 2.6 MB answer took 10 ms, a third of a file's decode (bench/decoder.py).
+        self.shared = os.memfd_create("raygenre-decoder") if hasattr(os, "memfd_create") else None
+        extra = [] if self.shared is None else [str(self.shared)]
+        return subprocess.Popen([sys.executable, "-m", "raygenre.decoder", *extra], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, env=env, start_new_session=True,
+                                pass_fds=() if self.shared is None else (self.shared,))
 
     def __call__(self, fn: Callable[..., Any], *args: Any, deadline: float) -> Any:
         if self.proc is None or self.proc.poll() is not None:
@@ -64,7 +72,7 @@ class Decoder:
         assert proc.stdin is not None and proc.stdout is not None
         try:
             _send(proc.stdin, (fn, args))
-            reply = _receive(proc.stdout, deadline)
+            reply = _receive(proc.stdout, deadline, self.shared)
         except TimeoutError:
             self.kill()
             raise AudioError(f"decoding took longer than {self.timeout_s:g} s ({self.setting}): the file hangs "
@@ -93,6 +101,9 @@ class Decoder:
         for stream in (proc.stdin, proc.stdout):
             with contextlib.suppress(Exception):
                 stream.close()  # type: ignore[union-attr]
+        if self.shared is not None:
+            os.close(self.shared)
+            self.shared = None
         return proc.returncode
 
 
@@ -112,9 +123,15 @@ def run(fn: Callable[..., Any], *args: Any, timeout_s: float, deadline: float | 
 
 
 # ------------------------------------------------------------------------------------------ the protocol
-def _send(stream: BinaryIO, obj: Any) -> None:
+def _send(stream: BinaryIO, obj: Any, shared: int | None = None) -> None:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(len(data).to_bytes(_HEADER, "little") + data)
+    if shared is not None and len(data) >= SHARED_MIN:
+        done = 0
+        while done < len(data):
+            done += os.pwrite(shared, memoryview(data)[done:], done)
+        stream.write((len(data) | _IN_SHARED).to_bytes(_HEADER, "little"))
+    else:
+        stream.write(len(data).to_bytes(_HEADER, "little") + data)
     stream.flush()
 
 
@@ -133,9 +150,15 @@ def _read_exactly(fd: int, n: int, deadline: float | None) -> bytes:
     return b"".join(chunks)
 
 
-def _receive(stream: BinaryIO, deadline: float | None) -> Any:
+def _receive(stream: BinaryIO, deadline: float | None, shared: int | None = None) -> Any:
     fd = stream.fileno()
     size = int.from_bytes(_read_exactly(fd, _HEADER, deadline), "little")
+    if size & _IN_SHARED and shared is not None:
+        size &= ~_IN_SHARED
+        data = os.pread(shared, size, 0)
+        if len(data) != size:
+            raise EOFError
+        return pickle.loads(data)
     return pickle.loads(_read_exactly(fd, size, deadline))
 
 
@@ -169,6 +192,7 @@ def serve() -> None:
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything a library prints goes to stderr, never into the answers
     calls = sys.stdin.buffer
+    shared = int(sys.argv[1]) if len(sys.argv) > 1 else None
     faults = _faults()
     while True:
         try:
@@ -184,7 +208,7 @@ def serve() -> None:
             reply = ("error", exc.reason, getattr(exc, "duration_s", None))
         except Exception as exc:  # noqa: BLE001 - reported to the caller as this file's error
             reply = ("exception", f"{type(exc).__name__}: {exc}", None)
-        _send(answers, reply)
+        _send(answers, reply, shared)
 
 
 if __name__ == "__main__":
