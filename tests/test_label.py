@@ -484,6 +484,8 @@ def test_exactly_one_row_per_file_through_changes_deletions_and_broken_parts(ray
     (lib / names[1]).unlink()
     fourth, rows = run()
     assert (fourth.new, fourth.files) == (0, 7) and str(lib / names[1]) not in {r["path"] for r in rows}
+    kept = label_library(str(lib), str(out), cfg(), model_dir=model, keep_deleted=True, progress=False)
+    assert (kept.new, kept.files) == (0, 8) and str(lib / names[1]) in pq.read_table(out).column("path").to_pylist()
 
     parts = list_parts(parts_dir_of(str(out)))
     Path(parts[0]).write_bytes(b"")  # zero bytes (power loss before the data reached the disk)

@@ -62,7 +62,7 @@ class NoModelError(FileNotFoundError):
 
 
 class LabelStopped(RuntimeError):
-    """The run could not go on (model actors or decode workers kept dying); every row so far is saved."""
+    """The run could not go on (its model actors kept dying); every row so far is kept in ``OUT.parts/``."""
 
 
 @dataclass
@@ -105,7 +105,7 @@ def resolve_model_dir(model_dir: str | None) -> str:
 class LibraryScan(Datasource):
     """A Ray Data source over a library folder: ``SCAN_SHARDS`` read tasks, each streaming its shard."""
 
-    def __init__(self, root: str, exts: frozenset[str], parts_dir: str | None, shards: int = SCAN_SHARDS):
+    def __init__(self, root: str, exts: frozenset[str], parts_dir: str | None, shards: int = SCAN_SHARDS) -> None:
         super().__init__()
         self.root, self.exts, self.parts_dir, self.shards = root, exts, parts_dir, shards
 
@@ -277,11 +277,13 @@ def _quiet_ray_data() -> Iterator[None]:
 
 
 def label_library(library: str, out: str, cfg: LabelConfig, *, model_dir: str | None = None,
-                  address: str | None = None, resume: bool = True, progress: bool = True) -> LabelResult:
+                  address: str | None = None, resume: bool = True, keep_deleted: bool = False,
+                  progress: bool = True) -> LabelResult:
     """Label every audio file under ``library``; write one row per file to ``out`` in ``cfg.format``.
 
     ``model_dir`` defaults to the workspace's best model (``NoModelError`` when there is none). With
     ``resume``, files already in ``OUT.parts/`` (same path, size and mtime) are skipped and the rest appended.
+    Rows of files no longer in the library are left out of ``out`` unless ``keep_deleted``.
     Raises ``ValueError`` subclasses for usage errors; bad audio files never raise (they become error rows).
     """
     t0 = time.monotonic()
@@ -321,7 +323,7 @@ def label_library(library: str, out: str, cfg: LabelConfig, *, model_dir: str | 
                     f"the model actors kept dying ({actors} actor(s) started {watchdog.budget + 1}+ times; "
                     f"label.actor_restarts allows {cfg.actor_restarts} restarts): out of memory, or a GPU fault? "
                     f"Ray's logs say why each died", parts_dir, writer.written)) from None
-        tally = consolidate(parts_dir, out, cfg.format, schema)
+        tally = consolidate(parts_dir, out, cfg.format, schema, keep_deleted=keep_deleted)
     return LabelResult(out=str(out), format=cfg.format, files=tally.files, new=new, errors=tally.errors,
                        genres=tally.genres.most_common(), audio_hours=audio_s / 3600,
                        seconds=time.monotonic() - t0, model=mid, synthetic=bool(model.meta.get("synthetic")),
