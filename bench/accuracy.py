@@ -28,10 +28,10 @@ def main() -> None:
     ap.add_argument("--features", default=None, help="feature table (default: the built-in synthetic one)")
     args = ap.parse_args()
 
-    from raygenre.builtin import ensure_features
-    from raygenre.featurize import read_manifest
+    from raygenre.data.builtin import ensure_features
+    from raygenre.data.featurize import read_manifest
     from raygenre.runtime import ensure_ray
-    from raygenre.train import train
+    from raygenre.training.train import train
 
     ensure_ray()
     features = args.features or ensure_features()

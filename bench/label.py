@@ -1,7 +1,7 @@
 """Labelling throughput: the tutorial's loop vs `raygenre label` (cold, warm) vs a no-Ray floor; peak memory.
 
 A library shaped like a real collection (44.1 kHz stereo, 2-6 minutes per file, WAV/FLAC/MP3/OGG in nested
-folders, a few bad files; synthetic audio, NOT real music, made by ``raygenre.synth.make_library`` and cached
+folders, a few bad files; synthetic audio, NOT real music, made by ``raygenre.data.synth.make_library`` and cached
 under bench/out/) is labelled three ways; the score is library audio-seconds labelled per wall-second:
 
 (a) the tutorial's way: one process, ``librosa.load`` of each whole file, the same 10 segments, per-segment
@@ -44,7 +44,7 @@ EXTS = frozenset(CFG.extensions)
 def library(name: str, files: int, seed: int, min_s: float, max_s: float,
             formats: tuple[str, ...] = ("wav", "flac", "mp3", "ogg")) -> tuple[Path, int]:
     """(folder, bad files) of a cached synthetic library under bench/out/ (made once; 44.1 kHz stereo)."""
-    from raygenre.synth import make_library
+    from raygenre.data.synth import make_library
 
     out = OUT_DIR / name
     result = make_library(out, files, seed, min_seconds=min_s, max_seconds=max_s, formats=formats,
@@ -59,8 +59,8 @@ def model_dir() -> str:
     import numpy as np
     import torch
 
-    from raygenre.artifact import save_model
-    from raygenre.models import build_model
+    from raygenre.model.artifact import save_model
+    from raygenre.model.networks import build_model
 
     out = OUT_DIR / "label-model"
     if not (out / "model.json").exists():
@@ -79,7 +79,7 @@ def audio_files(root: Path) -> list[str]:
 
 def durations(paths: list[str]) -> dict[str, float]:
     """Header duration (s) of each readable file; bad files count 0."""
-    from raygenre.audio import AudioError, info
+    from raygenre.data.audio import AudioError, info
 
     out = {}
     for p in paths:
@@ -98,8 +98,8 @@ def tutorial_loop(paths: list[str], model_path: str) -> int:
     import librosa
     import numpy as np
 
-    from raygenre.artifact import load_model
-    from raygenre.features import window_starts
+    from raygenre.data.mfcc import window_starts
+    from raygenre.model.artifact import load_model
 
     model = load_model(model_path)
     n, labelled = P.segment_samples, 0
@@ -132,7 +132,7 @@ def _floor_init() -> None:
 
 def _floor_chunk(paths: list[str]) -> int:
     """Windowed decode + MFCC (what `raygenre label` must do per file), no model, no Ray."""
-    from raygenre.audio import AudioError
+    from raygenre.data.audio import AudioError
     from raygenre.label import decode_file
 
     done = 0
@@ -323,7 +323,7 @@ def main() -> None:
 
     lines = [
         f"Library: {len(paths)} files, {audio_s / 3600:.2f} audio-hours, 44.1 kHz stereo, 2-6 min each, WAV/FLAC/MP3/"
-        f"OGG in nested folders, {bad} bad files (synthetic audio from `raygenre.synth.make_library`, not real "
+        f"OGG in nested folders, {bad} bad files (synthetic audio from `raygenre.data.synth.make_library`, not real "
         f"music). Model: untrained seeded CNN (speed does not depend on the weights). 10 segments per file.",
         "",
         "| way | audio-s per wall-s | load avg after |",

@@ -43,14 +43,14 @@ def friendly_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from raygenre.config import ConfigError
-        from raygenre.featurize import FeatureMismatchError
-        from raygenre.gtzan import DatasetError
+        from raygenre.data.featurize import FeatureMismatchError
+        from raygenre.data.gtzan import DatasetError
 
         # FileExistsError covers storage.OutputExistsError: an --out that is foreign, finished or being written.
         known: tuple[type[BaseException], ...] = (ConfigError, DatasetError, FeatureMismatchError, FileExistsError,
                                                   FileNotFoundError, NotADirectoryError, ValueError)
         try:
-            from raygenre.artifact import ArtifactError
+            from raygenre.model.artifact import ArtifactError
 
             known = (*known, ArtifactError)
         except ImportError:  # pragma: no cover
@@ -100,7 +100,7 @@ def synth(
     the real GTZAN (or your own `<genre>/<file>` tree) for results that mean something.
     """
     from raygenre.config import load_config
-    from raygenre.synth import synthesize
+    from raygenre.data.synth import synthesize
 
     cfg = load_config("synth", config, {"tracks_per_genre": tracks_per_genre, "seconds": seconds,
                                         "seed": seed, "faults": faults, "difficulty": difficulty})
@@ -160,9 +160,9 @@ def featurize(
     truncated, too-short or non-audio files are listed as rejects with their reason and the run goes on; the
     exit status is non-zero only when nothing usable was found. The table appears at OUT only when complete.
     """
-    from raygenre.builtin import ensure_dataset
     from raygenre.config import load_config
-    from raygenre.featurize import featurize as run
+    from raygenre.data.builtin import ensure_dataset
+    from raygenre.data.featurize import featurize as run
 
     method = "lists" if split_lists else split
     cfg = load_config("featurize", config, {
@@ -258,7 +258,7 @@ def label(
 
 # --------------------------------------------------------------------------------------------------- train
 def _features_or_builtin(features: str | None, address: str | None) -> str:
-    from raygenre.builtin import ensure_features
+    from raygenre.data.builtin import ensure_features
 
     return features or ensure_features(address, console.print)
 
@@ -327,7 +327,7 @@ def train(
     from raygenre import workspace
     from raygenre.config import load_config
     from raygenre.runtime import ensure_ray
-    from raygenre.train import train as run
+    from raygenre.training.train import train as run
 
     cfg = load_config("train", config, {"model": model, "epochs": epochs, "workers": workers, "gpu": gpu, "lr": lr,
                                         "batch_size": batch_size, "dropout": dropout, "weight_decay": weight_decay,
@@ -364,7 +364,7 @@ def train(
     print_eval_check(result.eval_check)
     print_test_metrics(result.test, result.synthetic)
     if set_default:
-        from raygenre.tune import _copy_dir
+        from raygenre.training.tune import _copy_dir
 
         _copy_dir(out, str(workspace.default_model_dir()))
     console.print(f"model: {out}   run folder: {result.run_dir}"
@@ -387,10 +387,10 @@ def evaluate(
     The confusion matrix has true genres as rows and predicted genres as columns, both named.
     """
     from raygenre import load_model, storage
-    from raygenre.artifact import files_dir
-    from raygenre.evaluate import evaluate as run
-    from raygenre.evaluate import plot_confusion
+    from raygenre.model.artifact import files_dir
     from raygenre.runtime import ensure_ray
+    from raygenre.training.evaluate import evaluate as run
+    from raygenre.training.evaluate import plot_confusion
 
     ensure_ray(address)
     loaded = load_model(model_dir)
@@ -485,7 +485,7 @@ def tune(
     from raygenre import workspace
     from raygenre.config import load_config
     from raygenre.runtime import ensure_ray
-    from raygenre.tune import tune_models
+    from raygenre.training.tune import tune_models
 
     cfg = load_config("tune", config, {
         "models": [m.strip() for m in models.split(",")] if models else None, "num_samples": num_samples,
@@ -540,13 +540,13 @@ def demo(
     Every number printed comes from synthetic audio, not real music.
     """
     from raygenre import workspace
-    from raygenre.builtin import ensure_dataset
     from raygenre.config import load_config
-    from raygenre.featurize import featurize as run_featurize
+    from raygenre.data.builtin import ensure_dataset
+    from raygenre.data.featurize import featurize as run_featurize
+    from raygenre.data.synth import make_library
     from raygenre.label import label_library
     from raygenre.runtime import ensure_ray
-    from raygenre.synth import make_library
-    from raygenre.tune import tune_models
+    from raygenre.training.tune import tune_models
 
     ensure_ray(address)
     console.rule("[bold]1/3 featurize the built-in synthetic dataset")

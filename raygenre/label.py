@@ -49,12 +49,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raygenre import storage, workspace
-from raygenre.audio import AudioError
 from raygenre.config import FeatureParams, LabelConfig
+from raygenre.data.audio import AudioError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from raygenre.artifact import LoadedModel
-    from raygenre.features import MfccExtractor
+    from raygenre.data.mfcc import MfccExtractor
+    from raygenre.model.artifact import LoadedModel
 
 FORMATS: dict[str, str] = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
 SCAN_SHARDS = 8  # read tasks; each walks the subtrees of ~1/8 of the top-level entries
@@ -378,7 +378,7 @@ def _errors(column: Any) -> list[str | None]:
 @functools.lru_cache(maxsize=4)
 def _extractor(params: FeatureParams) -> MfccExtractor:
     """One MFCC transform per worker process (tasks reuse their worker process)."""
-    from raygenre.features import MfccExtractor
+    from raygenre.data.mfcc import MfccExtractor
 
     return MfccExtractor(params)
 
@@ -389,8 +389,8 @@ def decode_file(path: str, params: FeatureParams, count: int) -> tuple[np.ndarra
     Only the windows are decoded where the format can seek. Raises ``AudioError`` for unusable files,
     including a track shorter than one segment.
     """
-    from raygenre.audio import info, load_windows
-    from raygenre.features import frames_for, mfcc_of_segments, window_starts
+    from raygenre.data.audio import info, load_windows
+    from raygenre.data.mfcc import frames_for, mfcc_of_segments, window_starts
 
     header = info(path)
     duration = header.duration_s
@@ -445,7 +445,7 @@ def model_id(model: LoadedModel, model_dir: str) -> str:
     """The ``model`` column: ``<name>-<created>-<sha256 of the weights, 8 hex>`` (an ``id`` in the metadata wins)."""
     import hashlib
 
-    from raygenre.artifact import weights_path
+    from raygenre.model.artifact import weights_path
 
     meta = model.meta or {}
     if meta.get("id"):
@@ -485,7 +485,7 @@ class Predictor:
     """Actor: loads the model once, then turns decoded batches into output rows (a ``pa.Table``)."""
 
     def __init__(self, model_dir: str, model_id: str, device: str = "cpu") -> None:
-        from raygenre.artifact import load_model
+        from raygenre.model.artifact import load_model
 
         self.model = load_model(model_dir).to(device)
         self.genres = list(self.model.genres)
@@ -829,7 +829,7 @@ def label_library(library: str, out: str, cfg: LabelConfig, *, model_dir: str | 
     ``resume``, files already in ``OUT.parts/`` (same path, size and mtime) are skipped and the rest appended.
     Raises ``ValueError`` subclasses for usage errors; bad audio files never raise (they become error rows).
     """
-    from raygenre.artifact import load_model
+    from raygenre.model.artifact import load_model
     from raygenre.runtime import ensure_ray
 
     t0 = time.monotonic()

@@ -13,9 +13,18 @@ import pytest
 import torch
 
 import raygenre
-from raygenre.artifact import CPU_CHUNK, META, WEIGHTS, ArtifactError, LoadedModel, load_model, save_model, weights_path
 from raygenre.config import FeatureParams
-from raygenre.models import build_model
+from raygenre.model.artifact import (
+    CPU_CHUNK,
+    META,
+    WEIGHTS,
+    ArtifactError,
+    LoadedModel,
+    load_model,
+    save_model,
+    weights_path,
+)
+from raygenre.model.networks import build_model
 
 PARAMS = FeatureParams(sample_rate=22050, n_mfcc=13, n_fft=2048, hop_length=512, n_mels=128, segment_seconds=3.0)
 GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]

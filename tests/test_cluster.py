@@ -405,7 +405,7 @@ def _child_placement(args: dict[str, Any], cluster: Any) -> dict[str, Any]:
 
     from raygenre.config import load_config
     from raygenre.label import label_library
-    from raygenre.train import train
+    from raygenre.training.train import train
 
     root = Path(args["root"])
     result = train(args["table"], _train_cfg(epochs=2), str(root / "model"), storage_path=str(root / "runs"))
@@ -431,7 +431,7 @@ def _child_node_loss(args: dict[str, Any], cluster: Any) -> dict[str, Any]:
     import ray
 
     import raygenre
-    from raygenre.train import train
+    from raygenre.training.train import train
 
     root = Path(args["root"])
     epochs = 8  # margin: the node must go while training still runs

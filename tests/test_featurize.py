@@ -16,8 +16,7 @@ import pytest
 from conftest import REPO, shared_dir, write_lying_header, write_nan_track, write_tone_track
 
 from raygenre.config import load_config
-from raygenre.features import MfccExtractor, cut_segments, window_starts
-from raygenre.featurize import (
+from raygenre.data.featurize import (
     FeatureMismatchError,
     check_features,
     featurize,
@@ -26,7 +25,8 @@ from raygenre.featurize import (
     table_path,
     tracks_per_task,
 )
-from raygenre.gtzan import DatasetError, Track, assign_splits, discover
+from raygenre.data.gtzan import DatasetError, Track, assign_splits, discover
+from raygenre.data.mfcc import MfccExtractor, cut_segments, window_starts
 
 FEATURES = load_config("featurize").features
 
@@ -306,7 +306,7 @@ def test_a_long_file_decodes_only_what_its_segments_need(tmp_path: Path) -> None
     """A 5-minute 44.1 kHz stereo FLAC: featurize reads its first 30 s, not the whole file (memory bound)."""
     import tracemalloc
 
-    from raygenre.featurize import featurize_batch
+    from raygenre.data.featurize import featurize_batch
 
     path = tmp_path / "long.flac"
     write_tone_track(path, 300.0, sr=44100, channels=2, fmt="FLAC")

@@ -29,10 +29,9 @@ import torch
 from conftest import REPO, write_lying_header, write_nan_track, write_tone_track
 from typer.testing import CliRunner
 
-from raygenre.artifact import load_model, save_model
 from raygenre.cli import app
 from raygenre.config import load_config
-from raygenre.features import MfccExtractor, window_starts
+from raygenre.data.mfcc import MfccExtractor, window_starts
 from raygenre.label import (
     SCAN_SHARDS,
     LabelResult,
@@ -53,7 +52,8 @@ from raygenre.label import (
     scan_shard,
     walk_shard,
 )
-from raygenre.models import build_model
+from raygenre.model.artifact import load_model, save_model
+from raygenre.model.networks import build_model
 
 F = load_config("featurize").features  # 22050 Hz, 13 MFCC, 3 s segments: what the models are trained on
 GENRES = ["blues", "jazz", "rock"]

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from raygenre.config import load_config
-from raygenre.evaluate import evaluate
-from raygenre.models import build_model
-from raygenre.train import (
+from raygenre.model.networks import build_model
+from raygenre.training.evaluate import evaluate
+from raygenre.training.train import (
     BN_SAMPLE,
     best_model,
     bn_rows,
@@ -48,8 +48,8 @@ OLD_SETTINGS = {"lr": 1e-4, "bn_momentum": 0.01, "bn_recompute": False, "batch_s
 @pytest.fixture(scope="module")
 def hard_table(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> str:
     """The hard synthetic set at test size, featurized by the real `raygenre featurize`."""
-    from raygenre.featurize import featurize
-    from raygenre.synth import synthesize
+    from raygenre.data.featurize import featurize
+    from raygenre.data.synth import synthesize
 
     root = tmp_path_factory.mktemp("hard")
     scfg = dataclasses.replace(load_config("synth"), tracks_per_genre=60, seconds=6.0, seed=0)
@@ -197,7 +197,7 @@ def test_early_stopping_waits_for_min_epochs(hard_table: str) -> None:
 @pytest.mark.slow
 def test_tune_exports_a_cnn_no_worse_than_plain_train(hard_table: str, tmp_path: Path) -> None:
     """Tune's first trial is train's default config, so its exported cnn is at least as good (within noise)."""
-    from raygenre.tune import tune_models
+    from raygenre.training.tune import tune_models
 
     tcfg = load_config("tune", overrides={"models": ["cnn"], "num_samples": 2, "max_epochs": 12,
                                           "grace_period": 6})

@@ -22,8 +22,8 @@ from test_artifact import _save
 from test_featurize import make_dataset, small_cfg
 
 from raygenre import storage
-from raygenre.artifact import META, WEIGHTS, load_model
-from raygenre.featurize import featurize, read_mfcc_table, table_path
+from raygenre.data.featurize import featurize, read_mfcc_table, table_path
+from raygenre.model.artifact import META, WEIGHTS, load_model
 from raygenre.storage import LEASE, Lease, OutputExistsError
 
 
@@ -72,7 +72,7 @@ def test_a_foreign_folder_or_file_is_refused_and_left_untouched(tmp_path: Path) 
 
 def test_replacing_needs_overwrite_and_never_crosses_kinds(tmp_path: Path) -> None:
     _save(tmp_path / "m", "ann")
-    from raygenre.artifact import save_model
+    from raygenre.model.artifact import save_model
     with pytest.raises(OutputExistsError, match="already holds a raygenre model.*--overwrite"):
         storage.check_output(tmp_path / "m", "model", overwrite=False)
     _save(tmp_path / "m", "lstm")  # the library default replaces (the CLI asks for --overwrite)
@@ -154,7 +154,7 @@ def test_s3_featurize_train_evaluate_label(s3: str, tmp_path: Path, ray_local: N
     from raygenre.cli import app
     from raygenre.config import load_config
     from raygenre.label import label_library
-    from raygenre.train import train
+    from raygenre.training.train import train
 
     fs, _ = storage.resolve(s3)
     root = make_dataset(tmp_path / "ds", genres=("a", "b"), per_genre=3)
@@ -229,7 +229,7 @@ def test_s3_train_killed_mid_run_leaves_no_model_and_rerun_succeeds(s3: str, tmp
                                                                      ray_local: None) -> None:
     """A `raygenre train --out s3://...` killed after its first checkpoint: no model.json, load_model refuses,
     the rerun (same command) takes over the dead run's lease and commits."""
-    from raygenre.artifact import ArtifactError
+    from raygenre.model.artifact import ArtifactError
 
     local_table = tmp_path / "table"
     write_feature_table(local_table, ("blues", "jazz"))
@@ -263,7 +263,7 @@ def test_s3_tune_writes_every_output_to_the_bucket(s3: str, tmp_path: Path, ray_
     a second run on the same --out is refused without --overwrite."""
     from raygenre.cli import check_tune_out
     from raygenre.config import load_config
-    from raygenre.tune import tune_models
+    from raygenre.training.tune import tune_models
 
     fs, _ = storage.resolve(s3)
     local_table = tmp_path / "table"

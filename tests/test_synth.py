@@ -1,4 +1,4 @@
-"""The built-in synthetic dataset (``raygenre.synth``): GTZAN layout, determinism, faults, the label library.
+"""The built-in synthetic dataset (``raygenre.data.synth``): GTZAN layout, determinism, faults, the label library.
 
 Tiny configurations (2-3 tracks per genre, 3 s) keep these tests to seconds.
 """
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from raygenre.audio import AudioError
-from raygenre.audio import load as audio_load
 from raygenre.config import SynthConfig, load_config
-from raygenre.gtzan import GENRES, discover
-from raygenre.synth import (
+from raygenre.data.audio import AudioError
+from raygenre.data.audio import load as audio_load
+from raygenre.data.gtzan import GENRES, discover
+from raygenre.data.synth import (
     HARD_NOISE_DB,
     RECIPES,
     SCALES,

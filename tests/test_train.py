@@ -15,9 +15,9 @@ from conftest import write_feature_table, write_tone_track
 
 import raygenre
 from raygenre.config import load_config
-from raygenre.evaluate import evaluate, plot_confusion, read_split, read_split_arrays, score, table_info
-from raygenre.featurize import FeatureMismatchError, read_mfcc_table
-from raygenre.train import FAULT_ENV, effective_config, load_stats, train
+from raygenre.data.featurize import FeatureMismatchError, read_mfcc_table
+from raygenre.training.evaluate import evaluate, plot_confusion, read_split, read_split_arrays, score, table_info
+from raygenre.training.train import FAULT_ENV, effective_config, load_stats, train
 
 GENRES = ("blues", "classical", "jazz", "metal")
 
@@ -184,7 +184,7 @@ def featurized_run(tmp_path_factory: pytest.TempPathFactory, ray_local: None) ->
     lr 0 keeps the weights fixed, so the validation accuracy never improves after epoch 1 and early stopping
     (min_epochs 1, patience 1) must end the run at epoch 2 of 4. One run serves both tests below (~30 s).
     """
-    from raygenre.featurize import featurize
+    from raygenre.data.featurize import featurize
 
     root = tmp_path_factory.mktemp("featurized")
     for gi, genre in enumerate(("pop", "rock")):

@@ -16,7 +16,7 @@ from conftest import write_feature_table
 
 import raygenre
 from raygenre.config import load_config
-from raygenre.tune import grace_period, plan_concurrency, tune_models
+from raygenre.training.tune import grace_period, plan_concurrency, tune_models
 
 TINY = {"num_samples": 2, "max_epochs": 3, "grace_period": 1, "reduction_factor": 2}
 

@@ -47,7 +47,7 @@ from scipy.signal import lfilter
 
 from raygenre import __version__
 from raygenre.config import SynthConfig, to_dict
-from raygenre.gtzan import GENRES
+from raygenre.data.gtzan import GENRES
 
 SYNTH_VERSION = 1  # bump whenever the generated audio changes, so complete old datasets are regenerated
 MARKER = "synth.json"

@@ -32,7 +32,7 @@ from torch import nn
 
 from raygenre import __version__, storage
 from raygenre.config import FeatureParams
-from raygenre.models import MODELS, build_model
+from raygenre.model.networks import MODELS, build_model
 
 WEIGHTS = "model.safetensors"
 META = "model.json"

@@ -13,7 +13,7 @@ from raygenre.config import load_config
 
 def ensure_dataset(say: Callable[[str], None] = print) -> str:
     """Generate the built-in synthetic dataset into ``$RAYGENRE_HOME`` if absent; return its folder."""
-    from raygenre.synth import synthesize
+    from raygenre.data.synth import synthesize
 
     out = workspace.builtin_dataset_dir()
     if not (out / "synth.json").exists():
@@ -26,7 +26,7 @@ def ensure_dataset(say: Callable[[str], None] = print) -> str:
 
 def ensure_features(address: str | None = None, say: Callable[[str], None] = print) -> str:
     """Featurize the built-in dataset into ``$RAYGENRE_HOME`` if needed; return the feature table folder."""
-    from raygenre.featurize import MANIFEST, featurize
+    from raygenre.data.featurize import MANIFEST, featurize
 
     out = workspace.builtin_features_dir()
     if (out / MANIFEST).exists():

@@ -62,10 +62,10 @@ import torch.nn.functional as F
 import yaml
 
 from raygenre import storage
-from raygenre.artifact import LEGACY, LoadedModel, save_model
 from raygenre.config import TrainConfig, to_dict
-from raygenre.evaluate import evaluate, plot_confusion, read_split_arrays, table_info
-from raygenre.models import MODELS, build_model, resolve_hparams
+from raygenre.model.artifact import LEGACY, LoadedModel, save_model
+from raygenre.model.networks import MODELS, build_model, resolve_hparams
+from raygenre.training.evaluate import evaluate, plot_confusion, read_split_arrays, table_info
 
 FAULT_ENV = "RAYGENRE_FAULT_KILL_EPOCH"
 STATE_FILE = "train_state.pt"

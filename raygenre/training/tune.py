@@ -29,7 +29,7 @@ import torch
 
 from raygenre import storage, workspace
 from raygenre.config import TrainConfig, TuneConfig, to_dict
-from raygenre.train import STATE_FILE, build_trainer, effective_config, finish, prepare
+from raygenre.training.train import STATE_FILE, build_trainer, effective_config, finish, prepare
 
 HPARAMS = ("lr", "batch_size", "dropout", "weight_decay", "hidden")
 TRIAL_CPU = 0.01  # what a trial actor itself asks for; its Train workers hold the real resources
@@ -209,7 +209,7 @@ def _read_checkpoint_state(checkpoint_path: str, out: str) -> dict[str, Any]:
 def _copy_dir(src: str, dest: str) -> None:
     """Copy a model folder (local or URI) so that ``dest`` appears whole (``artifact.copy_model``); ``dest``
     is raygenre's own (OUT/models/best, the workspace default), so a model there is replaced."""
-    from raygenre.artifact import copy_model
+    from raygenre.model.artifact import copy_model
 
     copy_model(src, dest, overwrite=True)
 

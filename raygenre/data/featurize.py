@@ -30,10 +30,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raygenre import __version__, storage
-from raygenre.audio import AudioError, load
 from raygenre.config import FeatureParams, FeaturizeConfig, to_dict
-from raygenre.features import MfccExtractor, cut_segments, mfcc_of_segments
-from raygenre.gtzan import DatasetError, assign_splits, discover
+from raygenre.data.audio import AudioError, load
+from raygenre.data.gtzan import DatasetError, assign_splits, discover
+from raygenre.data.mfcc import MfccExtractor, cut_segments, mfcc_of_segments
 
 MANIFEST = "features.json"
 TABLE = "segments"  # the Parquet dataset's folder inside the output; the manifest sits beside it

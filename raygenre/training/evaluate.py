@@ -17,12 +17,12 @@ import numpy as np
 
 from raygenre import storage
 from raygenre.config import FeatureParams
-from raygenre.featurize import FeatureMismatchError, check_features, read_manifest, table_path
+from raygenre.data.featurize import FeatureMismatchError, check_features, read_manifest, table_path
 
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data
 
-    from raygenre.artifact import LoadedModel
+    from raygenre.model.artifact import LoadedModel
 
 SPLITS = ("train", "val", "test")
 
