@@ -2,7 +2,7 @@
 
 Not a speed benchmark: it checks, at full size, what tests/test_learning.py checks on a small table, that
 data-parallel training learns what one worker learns. Every run uses the default train config
-(configs/train.yaml); only the model and the worker count change. The data is the built-in synthetic dataset
+(raygenre/configs/train.yaml); only the model and the worker count change. The data is the built-in synthetic dataset
 (difficulty hard, 10 genres x 100 tracks x 30 s, SYNTHETIC audio, NOT real music), featurized on first use.
 
     python bench/accuracy.py [--models ann,cnn,lstm] [--workers 1,2] [--features DIR]
@@ -49,7 +49,7 @@ def main() -> None:
             print(f"{model} x {workers} workers: test tracks {r.test['track_accuracy']:.1%}, segments "
                   f"{r.test['segment_accuracy']:.1%}, best epoch {r.best_epoch}/{len(r.history)}", flush=True)
     lines = [
-        f"Feature table {features}{synthetic}; default train config (configs/train.yaml); test split.",
+        f"Feature table {features}{synthetic}; default train config (raygenre/configs/train.yaml); test split.",
         "",
         "| model | workers | test track accuracy | test segment accuracy | best epoch / run | "
         "train split: eval mode / training | minutes |",

@@ -34,7 +34,7 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ADDRESS_HELP = "Ray cluster to use (e.g. auto, ray://head:10001). Default: $RAY_ADDRESS, else a local Ray."
-CONFIG_HELP = "YAML file overriding the defaults in configs/ (flags override both)."
+CONFIG_HELP = "YAML file overriding the packaged defaults (raygenre/configs/; flags override both)."
 
 
 def friendly_errors(fn: F) -> F:
@@ -474,7 +474,8 @@ def tune(
                                    "and trial tables are replaced; never anything but raygenre tune output)."),
     set_default: bool = typer.Option(True, help="Make the overall best model the default for `raygenre label`."),
     address: str | None = typer.Option(None, help=ADDRESS_HELP),
-    config: Path | None = typer.Option(None, help=CONFIG_HELP + " Search spaces live in configs/tune.yaml."),
+    config: Path | None = typer.Option(None, help=CONFIG_HELP + " Search spaces and the trials' `train:` "
+                                       "settings live in raygenre/configs/tune.yaml."),
 ) -> None:
     """Search hyperparameters of the models on Ray Tune (ASHA), each trial a Ray Train run.
 
@@ -507,8 +508,8 @@ def tune(
     try:
         if overwrite:
             storage.remove(storage.join(out, TUNE_DONE))  # un-finish it first: it is being redone
-        # --config is a tune YAML; trials start from configs/train.yaml (patience, seed, failures) plus the space.
-        result = tune_models(feats, cfg, out, load_config("train"), resume=resume, address=address,
+        # --config is a tune YAML; trials start from its `train:` section (train.yaml's defaults) plus the space.
+        result = tune_models(feats, cfg, out, resume=resume, address=address,
                              set_default=set_default)
     finally:
         lease.release()
@@ -534,7 +535,7 @@ def demo(
     """The whole pipeline end to end on the built-in SYNTHETIC data (what `make demo` runs).
 
     1. generate the synthetic GTZAN-layout dataset (once) and featurize it with Ray Data;
-    2. `raygenre tune` with the small default budget (configs/tune.yaml): all three models, ASHA;
+    2. `raygenre tune` with the small default budget (raygenre/configs/tune.yaml): all three models, ASHA;
     3. label a synthetic music library (another seed than training; WAV/FLAC/MP3/OGG at 22.05/44.1/48 kHz,
        stereo, nested folders, a few broken files) with the best model, and print the summary.
     Every number printed comes from synthetic audio, not real music.
@@ -557,7 +558,7 @@ def demo(
 
     console.rule("[bold]2/3 raygenre tune (small budget)")
     out = str(workspace.new_run_dir("tune"))
-    tuned = tune_models(feats, load_config("tune"), out, load_config("train"), address=address, verbose=0)
+    tuned = tune_models(feats, load_config("tune"), out, address=address, verbose=0)
     print_trials(tuned.trials, tuned.synthetic)
     for m, b in tuned.best.items():
         t = b["test"]

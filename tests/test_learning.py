@@ -201,7 +201,7 @@ def test_tune_exports_a_cnn_no_worse_than_plain_train(hard_table: str, tmp_path:
 
     tcfg = load_config("tune", overrides={"models": ["cnn"], "num_samples": 2, "max_epochs": 12,
                                           "grace_period": 6})
-    result = tune_models(hard_table, tcfg, str(tmp_path / "tune"), load_config("train"), verbose=0,
+    result = tune_models(hard_table, tcfg, str(tmp_path / "tune"), verbose=0,
                          set_default=False)
     plain = train(hard_table, cfg("cnn", epochs=12), str(tmp_path / "plain"), storage_path=str(tmp_path / "runs"))
     tuned = result.best["cnn"]["test"]

@@ -273,7 +273,7 @@ def test_s3_tune_writes_every_output_to_the_bucket(s3: str, tmp_path: Path, ray_
                     destination_filesystem=fs)
     out = f"{s3}/tune"
     cfg = load_config("tune", overrides={"models": ["ann"], "num_samples": 1, "max_epochs": 2})
-    result = tune_models(table_uri, cfg, out, load_config("train"), verbose=0, set_default=False)
+    result = tune_models(table_uri, cfg, out, verbose=0, set_default=False)
     keys = _keys(out)
     assert "tune.json" in keys and "trials.csv" in keys and "trials.parquet" in keys
     assert any(k.startswith("train/") and k.endswith("train_state.pt") for k in keys)  # trial checkpoints

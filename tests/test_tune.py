@@ -58,7 +58,7 @@ def test_tune_runs_to_completion_on_two_cpus(tmp_path: Path, ray_local) -> None:
     feats = tmp_path / "features"
     write_feature_table(feats)
     cfg = load_config("tune", overrides={"models": ["ann", "cnn"], **TINY})
-    result = tune_models(str(feats), cfg, str(tmp_path / "out"), load_config("train"), verbose=0)
+    result = tune_models(str(feats), cfg, str(tmp_path / "out"), verbose=0)
     trials = result.trials
     assert len(trials) == 4 and set(trials["model"]) == {"ann", "cnn"}
     assert trials["best_val_acc"].notna().all() and (trials["epochs"] >= 1).all()

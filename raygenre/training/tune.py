@@ -214,9 +214,12 @@ def _copy_dir(src: str, dest: str) -> None:
     copy_model(src, dest, overwrite=True)
 
 
-def tune_models(features_dir: str, cfg: TuneConfig, out: str, base: TrainConfig, *, resume: bool = False,
+def tune_models(features_dir: str, cfg: TuneConfig, out: str, *, resume: bool = False,
                 address: str | None = None, set_default: bool = True, verbose: int = 1) -> TuneResult:
     """Search every model in ``cfg.models``; export the best of each and the overall best. See module doc.
+
+    Trials start from ``cfg.train`` (the train config nested in the tune config), with model, epochs, workers,
+    gpu and seed set from ``cfg`` and the searched hyperparameters from the space.
 
     ``out`` (local path or URI all nodes share) holds ``tune/<model>`` (Tune's experiment folders: trial
     results, TensorBoard events), ``train/`` (each trial's Ray Train checkpoints), ``models/``,
@@ -229,6 +232,7 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, base: TrainConfig,
     from raygenre.runtime import ensure_ray
 
     t0 = time.time()
+    base = cfg.train
     grace = grace_period(cfg)
     resources = ensure_ray(address)
     concurrent, per_worker = plan_concurrency(resources, cfg)
