@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT_DIR, results_block  # noqa: E402
 
-from raygenre.config import load_config  # noqa: E402
+from raygenre.config import TrainConfig, load_config  # noqa: E402
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from raygenre.data.builtin import ensure_features
-    from raygenre.data.featurize import read_manifest
+    from raygenre.data.table import read_manifest
     from raygenre.runtime import ensure_ray
     from raygenre.training.train import train
 
@@ -41,7 +41,7 @@ def main() -> None:
     for model in args.models.split(","):
         for workers in (int(w) for w in args.workers.split(",")):
             t0 = time.perf_counter()
-            r = train(features, load_config("train", overrides={"model": model, "workers": workers}),
+            r = train(features, load_config(TrainConfig, overrides={"model": model, "workers": workers}),
                       str(OUT_DIR / f"accuracy-{model}-{workers}"), storage_path=str(OUT_DIR / "runs"))
             rows.append((model, workers, r.test["track_accuracy"], r.test["segment_accuracy"], r.best_epoch,
                          len(r.history), r.eval_check["train_eval_acc"], r.eval_check["train_acc"],

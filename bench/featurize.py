@@ -20,10 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT_DIR, results_block, timed  # noqa: E402
 
-from raygenre.config import load_config  # noqa: E402
+from raygenre.config import FeaturizeConfig, SynthConfig, load_config  # noqa: E402
 from raygenre.data.gtzan import discover  # noqa: E402
 
-CFG = load_config("featurize")
+CFG = load_config(FeaturizeConfig)
 P = CFG.features
 
 
@@ -75,7 +75,7 @@ def main() -> None:
     from raygenre.data.synth import synthesize
 
     data = OUT_DIR / f"gtzan-synth-{args.tracks_per_genre}x{args.seconds:g}s"
-    synthesize(data, load_config("synth", overrides={"tracks_per_genre": args.tracks_per_genre,
+    synthesize(data, load_config(SynthConfig, overrides={"tracks_per_genre": args.tracks_per_genre,
                                                      "seconds": args.seconds}))
     tracks, _ = discover(data)
     paths = [t.path for t in tracks]

@@ -19,7 +19,6 @@ does not depend on the weights.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shutil
 import subprocess
@@ -32,11 +31,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT_DIR, results_block, timed  # noqa: E402
 
-from raygenre.config import load_config  # noqa: E402
+from raygenre.config import FeaturizeConfig, LabelConfig, load_config  # noqa: E402
 from raygenre.label import SCAN_SHARDS, walk_shard  # noqa: E402
 
-CFG = load_config("label")
-P = load_config("featurize").features
+CFG = load_config(LabelConfig)
+P = load_config(FeaturizeConfig).features
 EXTS = frozenset(CFG.extensions)
 
 
@@ -66,9 +65,10 @@ def model_dir() -> str:
     if not (out / "model.json").exists():
         torch.manual_seed(0)
         genres = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
-        save_model(str(out), build_model("cnn", P.frames, P.n_mfcc, len(genres)), "cnn",
-                   {"hidden": 64, "dropout": 0.3}, dataclasses.asdict(P), genres,
-                   np.r_[-250.0, 80.0, np.zeros(P.n_mfcc - 2)], np.full(P.n_mfcc, 40.0), {}, synthetic=True)
+        save_model(str(out), build_model("cnn", P.frames, P.n_mfcc, len(genres)), name="cnn",
+                   hparams={"hidden": 64, "dropout": 0.3}, features=P, genres=genres,
+                   mean=np.r_[-250.0, 80.0, np.zeros(P.n_mfcc - 2)], std=np.full(P.n_mfcc, 40.0), metrics={},
+                   synthetic=True)
     return str(out)
 
 

@@ -43,8 +43,8 @@ def friendly_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from raygenre.config import ConfigError
-        from raygenre.data.featurize import FeatureMismatchError
         from raygenre.data.gtzan import DatasetError
+        from raygenre.data.table import FeatureMismatchError
 
         # FileExistsError covers storage.OutputExistsError: an --out that is foreign, finished or being written.
         known: tuple[type[BaseException], ...] = (ConfigError, DatasetError, FeatureMismatchError, FileExistsError,
@@ -99,10 +99,10 @@ def synth(
     per track from overlapping per-genre ranges). It is NOT real music: use it to try the pipeline, and
     the real GTZAN (or your own `<genre>/<file>` tree) for results that mean something.
     """
-    from raygenre.config import load_config
+    from raygenre.config import SynthConfig, load_config
     from raygenre.data.synth import synthesize
 
-    cfg = load_config("synth", config, {"tracks_per_genre": tracks_per_genre, "seconds": seconds,
+    cfg = load_config(SynthConfig, config, {"tracks_per_genre": tracks_per_genre, "seconds": seconds,
                                         "seed": seed, "faults": faults, "difficulty": difficulty})
     result = synthesize(out_dir, cfg)
     console.print(f"Wrote {result.tracks} synthetic {cfg.difficulty} tracks (seed {cfg.seed}) to "
@@ -160,12 +160,12 @@ def featurize(
     truncated, too-short or non-audio files are listed as rejects with their reason and the run goes on; the
     exit status is non-zero only when nothing usable was found. The table appears at OUT only when complete.
     """
-    from raygenre.config import load_config
+    from raygenre.config import FeaturizeConfig, load_config
     from raygenre.data.builtin import ensure_dataset
     from raygenre.data.featurize import featurize as run
 
     method = "lists" if split_lists else split
-    cfg = load_config("featurize", config, {
+    cfg = load_config(FeaturizeConfig, config, {
         "segments": segments,
         "features": {"segment_seconds": segment_seconds},
         "split": {"method": method, "lists_dir": split_lists, "seed": seed},
@@ -242,10 +242,10 @@ def label(
     """
     import dataclasses
 
-    from raygenre.config import load_config
+    from raygenre.config import LabelConfig, load_config
     from raygenre.label import default_out, format_of, label_library
 
-    cfg = load_config("label", config, {"format": fmt, "segments_per_track": segments_per_track,
+    cfg = load_config(LabelConfig, config, {"format": fmt, "segments_per_track": segments_per_track,
                                         "batch_size": batch_size, "gpu": gpu})
     if fmt is None and out is not None and format_of(out):
         cfg = dataclasses.replace(cfg, format=format_of(out))
@@ -325,11 +325,11 @@ def train(
     A worker that dies is replaced and training resumes from the last epoch's checkpoint.
     """
     from raygenre import workspace
-    from raygenre.config import load_config
+    from raygenre.config import TrainConfig, load_config
     from raygenre.runtime import ensure_ray
     from raygenre.training.train import train as run
 
-    cfg = load_config("train", config, {"model": model, "epochs": epochs, "workers": workers, "gpu": gpu, "lr": lr,
+    cfg = load_config(TrainConfig, config, {"model": model, "epochs": epochs, "workers": workers, "gpu": gpu, "lr": lr,
                                         "batch_size": batch_size, "dropout": dropout, "weight_decay": weight_decay,
                                         "hidden": hidden, "min_epochs": min_epochs, "patience": patience,
                                         "seed": seed})
@@ -364,9 +364,9 @@ def train(
     print_eval_check(result.eval_check)
     print_test_metrics(result.test, result.synthetic)
     if set_default:
-        from raygenre.training.tune import _copy_dir
+        from raygenre.model.artifact import copy_model
 
-        _copy_dir(out, str(workspace.default_model_dir()))
+        copy_model(out, str(workspace.default_model_dir()), overwrite=True)
     console.print(f"model: {out}   run folder: {result.run_dir}"
                   + (f"\ndefault model for `raygenre label`: {workspace.default_model_dir()}" if set_default else ""))
 
@@ -484,11 +484,11 @@ def tune(
     model that `raygenre label` uses. TensorBoard: tensorboard --logdir OUT/tune
     """
     from raygenre import workspace
-    from raygenre.config import load_config
+    from raygenre.config import TuneConfig, load_config
     from raygenre.runtime import ensure_ray
     from raygenre.training.tune import tune_models
 
-    cfg = load_config("tune", config, {
+    cfg = load_config(TuneConfig, config, {
         "models": [m.strip() for m in models.split(",")] if models else None, "num_samples": num_samples,
         "max_epochs": max_epochs, "grace_period": grace_period, "workers_per_trial": workers_per_trial,
         "gpus_per_trial": gpus_per_trial, "max_concurrent": max_concurrent})
@@ -541,7 +541,7 @@ def demo(
     Every number printed comes from synthetic audio, not real music.
     """
     from raygenre import workspace
-    from raygenre.config import load_config
+    from raygenre.config import FeaturizeConfig, LabelConfig, TuneConfig, load_config
     from raygenre.data.builtin import ensure_dataset
     from raygenre.data.featurize import featurize as run_featurize
     from raygenre.data.synth import make_library
@@ -553,12 +553,12 @@ def demo(
     console.rule("[bold]1/3 featurize the built-in synthetic dataset")
     dataset = ensure_dataset(console.print)
     feats = str(workspace.builtin_features_dir())
-    result = run_featurize(dataset, feats, load_config("featurize"), address=address)
+    result = run_featurize(dataset, feats, load_config(FeaturizeConfig), address=address)
     print_feature_summary(result.manifest, feats)
 
     console.rule("[bold]2/3 raygenre tune (small budget)")
     out = str(workspace.new_run_dir("tune"))
-    tuned = tune_models(feats, load_config("tune"), out, address=address, verbose=0)
+    tuned = tune_models(feats, load_config(TuneConfig), out, address=address, verbose=0)
     print_trials(tuned.trials, tuned.synthetic)
     for m, b in tuned.best.items():
         t = b["test"]
@@ -572,7 +572,7 @@ def demo(
     made = make_library(lib, library_files, seed=1, min_seconds=30.0, max_seconds=150.0)
     console.print(f"library: {lib} ({len(made.files)} files: {len(made.genres)} songs + {len(made.bad)} broken on "
                   f"purpose; synthetic)")
-    labels = label_library(str(lib), str(workspace.home() / "demo-labels.parquet"), load_config("label"),
+    labels = label_library(str(lib), str(workspace.home() / "demo-labels.parquet"), load_config(LabelConfig),
                            address=address, resume=False)
     print_label_summary(labels)
     import os

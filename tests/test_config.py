@@ -12,7 +12,7 @@ from raygenre.config import ConfigError, TrainConfig, load_config
 
 
 def test_defaults_and_overrides() -> None:
-    cfg = load_config("train", overrides={"model": "ann", "lr": 1, "hidden": None})
+    cfg = load_config(TrainConfig, overrides={"model": "ann", "lr": 1, "hidden": None})
     assert isinstance(cfg, TrainConfig) and cfg.model == "ann"
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float)  # an int where a float is expected is fine
     assert cfg.hidden is None  # None means "not given": the YAML's value (null) stays
@@ -28,18 +28,18 @@ def test_defaults_and_overrides() -> None:
 def test_user_file_mistakes_are_config_errors(tmp_path: Path, text: str, words: str) -> None:
     (tmp_path / "c.yaml").write_text(text)
     with pytest.raises(ConfigError) as info:
-        load_config("train", tmp_path / "c.yaml")
+        load_config(TrainConfig, tmp_path / "c.yaml")
     assert words in str(info.value)
     assert "\n" not in str(info.value)
 
 
 def test_missing_file_and_folder(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such config file"):
-        load_config("train", tmp_path / "nope.yaml")
+        load_config(TrainConfig, tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="is a folder"):
-        load_config("train", tmp_path)
+        load_config(TrainConfig, tmp_path)
     (tmp_path / "empty.yaml").write_text("")
-    assert load_config("train", tmp_path / "empty.yaml") == load_config("train")
+    assert load_config(TrainConfig, tmp_path / "empty.yaml") == load_config(TrainConfig)
 
 
 @pytest.mark.parametrize("args", [

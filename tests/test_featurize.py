@@ -15,25 +15,18 @@ import numpy as np
 import pytest
 from conftest import REPO, shared_dir, write_lying_header, write_nan_track, write_tone_track
 
-from raygenre.config import load_config
-from raygenre.data.featurize import (
-    FeatureMismatchError,
-    check_features,
-    featurize,
-    read_manifest,
-    read_mfcc_table,
-    table_path,
-    tracks_per_task,
-)
+from raygenre.config import FeaturizeConfig, load_config
+from raygenre.data.featurize import featurize, tracks_per_task
 from raygenre.data.gtzan import DatasetError, Track, assign_splits, discover
 from raygenre.data.mfcc import MfccExtractor, cut_segments, window_starts
+from raygenre.data.table import FeatureMismatchError, check_features, read_manifest, read_mfcc_table, table_path
 
-FEATURES = load_config("featurize").features
+FEATURES = load_config(FeaturizeConfig).features
 
 
 def small_cfg(**split):
     """Two 3 s segments per track keeps tests fast; the split override is merged in."""
-    return load_config("featurize", overrides={"segments": 2, "split": split or None})
+    return load_config(FeaturizeConfig, overrides={"segments": 2, "split": split or None})
 
 
 def make_dataset(root: Path, genres=("rock", "blues", "jazz"), per_genre=4, seconds=6.2, ext="wav",
@@ -120,14 +113,14 @@ def test_mfcc_parity_with_librosa(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------- splits
 def test_stratified_split_is_per_track_and_seeded() -> None:
     tracks = [Track(path=f"/x/{g}{i}", track_id=f"{g}/{g}.{i:05d}", genre=g) for g in "abc" for i in range(20)]
-    cfg = load_config("featurize").split
+    cfg = load_config(FeaturizeConfig).split
     split_of, excluded = assign_splits(tracks, cfg)
     assert excluded == 0 and set(split_of) == {t.track_id for t in tracks}
     for g in "abc":
         got = [split_of[t.track_id] for t in tracks if t.genre == g]
         assert (got.count("train"), got.count("val"), got.count("test")) == (14, 3, 3)
     assert assign_splits(tracks, cfg)[0] == split_of
-    other = load_config("featurize", overrides={"split": {"seed": 7}}).split
+    other = load_config(FeaturizeConfig, overrides={"split": {"seed": 7}}).split
     assert assign_splits(tracks, other)[0] != split_of
 
 
@@ -136,7 +129,7 @@ def test_split_lists_use_public_gtzan_lists(tmp_path: Path) -> None:
     assert (lists / "train_filtered.txt").is_file(), f"missing {lists}; set RAYGENRE_SHARED_DIR"
     tracks = [Track(path="", track_id=f"genres/{g}/{g}.{i:05d}", genre=g) for g in ("blues", "jazz")
               for i in range(100)]
-    cfg = load_config("featurize", overrides={"split": {"method": "lists", "lists_dir": str(lists)}}).split
+    cfg = load_config(FeaturizeConfig, overrides={"split": {"method": "lists", "lists_dir": str(lists)}}).split
     split_of, excluded = assign_splits(tracks, cfg)
     listed = {}
     for split, name in (("train", "train_filtered.txt"), ("val", "valid_filtered.txt"), ("test", "test_filtered.txt")):
@@ -241,7 +234,7 @@ def test_rerun_is_skipped_and_mismatch_is_refused(table) -> None:
     with pytest.raises(FileExistsError, match="already holds a raygenre feature table.*--overwrite"):
         featurize(str(root), str(out), small_cfg(seed=5))  # other parameters: replacing needs overwrite
     assert read_manifest(str(out)) == manifest
-    other = load_config("featurize", overrides={"features": {"n_mfcc": 20}}).features
+    other = load_config(FeaturizeConfig, overrides={"features": {"n_mfcc": 20}}).features
     with pytest.raises(FeatureMismatchError, match="n_mfcc: table has 13, this model needs 20"):
         check_features(manifest, other)
     check_features(manifest, FEATURES)

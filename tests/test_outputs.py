@@ -22,7 +22,8 @@ from test_artifact import _save
 from test_featurize import make_dataset, small_cfg
 
 from raygenre import storage
-from raygenre.data.featurize import featurize, read_mfcc_table, table_path
+from raygenre.data.featurize import featurize
+from raygenre.data.table import read_mfcc_table, table_path
 from raygenre.model.artifact import META, WEIGHTS, load_model
 from raygenre.storage import LEASE, Lease, OutputExistsError
 
@@ -152,7 +153,7 @@ def test_s3_featurize_train_evaluate_label(s3: str, tmp_path: Path, ray_local: N
     from typer.testing import CliRunner
 
     from raygenre.cli import app
-    from raygenre.config import load_config
+    from raygenre.config import LabelConfig, TrainConfig, load_config
     from raygenre.label import label_library
     from raygenre.training.train import train
 
@@ -179,7 +180,7 @@ def test_s3_featurize_train_evaluate_label(s3: str, tmp_path: Path, ray_local: N
     table_uri = f"{s3}/table"
     pafs.copy_files(str(local_table), storage.resolve(table_uri)[1], source_filesystem=pafs.LocalFileSystem(),
                     destination_filesystem=fs)  # old layout on S3: still read
-    cfg = load_config("train", overrides={"model": "ann", "epochs": 2, "workers": 1, "batch_size": 16,
+    cfg = load_config(TrainConfig, overrides={"model": "ann", "epochs": 2, "workers": 1, "batch_size": 16,
                                           "min_epochs": 1, "seed": 0})
     model_uri = f"{s3}/model"
     res = train(table_uri, cfg, model_uri, storage_path=f"{s3}/runs")
@@ -198,7 +199,7 @@ def test_s3_featurize_train_evaluate_label(s3: str, tmp_path: Path, ray_local: N
 
     lib = make_dataset(tmp_path / "lib", genres=("x",), per_genre=2, seconds=4.0)
     labels = f"{s3}/labels.parquet"
-    lab = label_library(str(lib), labels, load_config("label"), model_dir=model_uri, progress=False)
+    lab = label_library(str(lib), labels, load_config(LabelConfig), model_dir=model_uri, progress=False)
     assert lab.files == 2
     rows = pq.read_table(storage.resolve(labels)[1], filesystem=fs)
     assert rows.num_rows == 2 and set(rows.column("genre").to_pylist()) <= {"blues", "jazz"}
@@ -262,7 +263,7 @@ def test_s3_tune_writes_every_output_to_the_bucket(s3: str, tmp_path: Path, ray_
     """`raygenre tune --out s3://...` (tiny budget): trials, checkpoints, models and tune.json in the bucket;
     a second run on the same --out is refused without --overwrite."""
     from raygenre.cli import check_tune_out
-    from raygenre.config import load_config
+    from raygenre.config import TuneConfig, load_config
     from raygenre.training.tune import tune_models
 
     fs, _ = storage.resolve(s3)
@@ -272,7 +273,7 @@ def test_s3_tune_writes_every_output_to_the_bucket(s3: str, tmp_path: Path, ray_
     pafs.copy_files(str(local_table), storage.resolve(table_uri)[1], source_filesystem=pafs.LocalFileSystem(),
                     destination_filesystem=fs)
     out = f"{s3}/tune"
-    cfg = load_config("tune", overrides={"models": ["ann"], "num_samples": 1, "max_epochs": 2})
+    cfg = load_config(TuneConfig, overrides={"models": ["ann"], "num_samples": 1, "max_epochs": 2})
     result = tune_models(table_uri, cfg, out, verbose=0, set_default=False)
     keys = _keys(out)
     assert "tune.json" in keys and "trials.csv" in keys and "trials.parquet" in keys

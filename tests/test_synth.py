@@ -38,7 +38,7 @@ SR = 22050
 
 def tiny(**over: object) -> SynthConfig:
     """The default synth config shrunk to 2 tracks/genre of 3 s (overridable)."""
-    base = dataclasses.replace(load_config("synth"), tracks_per_genre=2, seconds=3.0, seed=7, faults=False)
+    base = dataclasses.replace(load_config(SynthConfig), tracks_per_genre=2, seconds=3.0, seed=7, faults=False)
     return dataclasses.replace(base, **over)
 
 

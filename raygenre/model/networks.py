@@ -202,6 +202,12 @@ def resolve_hparams(name: str, hidden: int | None, weight_decay: float | None) -
             float(d["weight_decay"]) if weight_decay is None else float(weight_decay))
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside a wrapper that holds it as ``.module`` (DistributedDataParallel): what gets saved
+    and regularised."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
 def count_parameters(model: nn.Module, trainable: bool = True) -> int:
     """Number of (trainable) parameters, as Keras' ``model.summary()`` counts them."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)

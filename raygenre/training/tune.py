@@ -25,11 +25,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-import torch
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator, Searcher
 
 from raygenre import storage, workspace
 from raygenre.config import TrainConfig, TuneConfig, to_dict
-from raygenre.training.train import STATE_FILE, build_trainer, effective_config, finish, prepare
+from raygenre.data.table import open_table
+from raygenre.model.artifact import copy_model
+from raygenre.runtime import ensure_ray
+from raygenre.training.train import Prepared, build_trainer, effective_config, finish, prepare, read_checkpoint
 
 HPARAMS = ("lr", "batch_size", "dropout", "weight_decay", "hidden")
 TRIAL_CPU = 0.01  # what a trial actor itself asks for; its Train workers hold the real resources
@@ -51,9 +57,7 @@ class TuneResult:
 
 
 def search_space(spec: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``configs/tune.yaml`` ranges -> Ray Tune sampling objects."""
-    from ray import tune
-
+    """``raygenre/configs/tune.yaml`` ranges -> Ray Tune sampling objects."""
     space: dict[str, Any] = {}
     for name, s in spec.items():
         kind = s["type"]
@@ -97,8 +101,6 @@ def make_search_alg(name: str, seed: int, max_concurrent: int, points: list[dict
     and two trials on a 2-CPU machine deadlock.
     """
     if name == "random":
-        from ray.tune.search import BasicVariantGenerator
-
         return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent, points_to_evaluate=points)
     if name == "optuna":
         try:
@@ -148,20 +150,12 @@ def _trial_cfg(base: TrainConfig, config: dict[str, Any]) -> TrainConfig:
     return effective_config(dataclasses.replace(base, **{k: config[k] for k in HPARAMS if k in config}))
 
 
-def _trial_prepared(prepared: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
-    loop = {**prepared["loop_config"], **{k: getattr(cfg, k) for k in HPARAMS}}
-    return {**prepared, "loop_config": loop, "cfg": cfg}
-
-
-def run_trial(config: dict[str, Any], prepared: dict[str, Any], base: TrainConfig, train_storage: str,
+def run_trial(config: dict[str, Any], prepared: Prepared, base: TrainConfig, train_storage: str,
               cpus_per_worker: float, gpus_per_worker: float) -> None:
     """The Tune function trainable: one ``TorchTrainer`` run whose epoch reports reach Tune."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     cfg = _trial_cfg(base, config)
     trial_id = tune.get_context().get_trial_id()
-    trainer = build_trainer(_trial_prepared(prepared, cfg), cfg, train_storage, name=f"trial-{trial_id}",
+    trainer = build_trainer(prepared.for_trial(cfg, HPARAMS), cfg, train_storage, name=f"trial-{trial_id}",
                             callbacks=[TuneReportCallback()], cpus=cpus_per_worker)
     if gpus_per_worker and cfg.gpu:
         trainer.scaling_config.resources_per_worker["GPU"] = gpus_per_worker
@@ -192,28 +186,6 @@ def trial_table(model: str, results: Any, max_epochs: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _read_checkpoint_state(checkpoint_path: str, out: str) -> dict[str, Any]:
-    """The training state in a trial's checkpoint. Tune reports ``checkpoint_path`` inside the run's filesystem,
-    without a scheme (``bucket/prefix/train/...`` for an ``s3://`` ``out``), so it is read through ``out``'s."""
-    import io
-
-    if storage.is_uri(checkpoint_path):
-        data = storage.read_bytes(storage.join(checkpoint_path, STATE_FILE))
-    else:
-        fs, _ = storage.resolve(out)
-        with fs.open_input_stream(f"{checkpoint_path.rstrip('/')}/{STATE_FILE}") as f:
-            data = f.read()
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)["state"]
-
-
-def _copy_dir(src: str, dest: str) -> None:
-    """Copy a model folder (local or URI) so that ``dest`` appears whole (``artifact.copy_model``); ``dest``
-    is raygenre's own (OUT/models/best, the workspace default), so a model there is replaced."""
-    from raygenre.model.artifact import copy_model
-
-    copy_model(src, dest, overwrite=True)
-
-
 def tune_models(features_dir: str, cfg: TuneConfig, out: str, *, resume: bool = False,
                 address: str | None = None, set_default: bool = True, verbose: int = 1) -> TuneResult:
     """Search every model in ``cfg.models``; export the best of each and the overall best. See module doc.
@@ -225,12 +197,6 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, *, resume: bool = 
     results, TensorBoard events), ``train/`` (each trial's Ray Train checkpoints), ``models/``,
     ``trials.csv`` and ``trials.parquet``. ``resume`` continues an interrupted search in the same ``out``.
     """
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import Searcher
-
-    from raygenre.runtime import ensure_ray
-
     t0 = time.time()
     base = cfg.train
     grace = grace_period(cfg)
@@ -238,15 +204,15 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, *, resume: bool = 
     concurrent, per_worker = plan_concurrency(resources, cfg)
     gpus_per_worker = cfg.gpus_per_trial / cfg.workers_per_trial if cfg.gpus_per_trial > 0 else 0.0
     tables, best, prepared_by_model = [], {}, {}
-    synthetic = False
+    table = open_table(features_dir)  # features.json: read once for the whole search
+    synthetic = table.synthetic
     for model in cfg.models:
         if model not in cfg.search_spaces:
             raise ValueError(f"no search space for model {model!r} in the tune config")
         mbase = dataclasses.replace(base, model=model, epochs=cfg.max_epochs, workers=cfg.workers_per_trial,
                                     gpu=cfg.gpus_per_trial > 0, seed=cfg.seed)
-        prepared = prepare(features_dir, mbase)
+        prepared = prepare(table, mbase)
         prepared_by_model[model] = prepared
-        synthetic = bool(prepared["manifest"].get("synthetic", False))
         experiments = storage.join(out, "tune")
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, prepared=prepared, base=mbase, train_storage=storage.join(out, "train"),
@@ -283,9 +249,9 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, *, resume: bool = 
         # highest validation accuracy; ties go to the lower validation loss
         top = ok.sort_values(["best_val_acc", "best_val_loss"], ascending=[False, True]).iloc[0]
         tcfg = _trial_cfg(mbase, top.to_dict())
-        state = _read_checkpoint_state(top["checkpoint_path"], out)
+        state = read_checkpoint(top["checkpoint_path"], out)["state"]
         model_dir = storage.join(out, "models", model)
-        res = finish(features_dir, _trial_prepared(prepared, tcfg), tcfg, state, model_dir,
+        res = finish(prepared.for_trial(tcfg, HPARAMS), tcfg, state, model_dir,
                      storage.join(out, "train", f"trial-{top['trial_id']}"), t0)
         best[model] = {"trial_id": top["trial_id"], **{k: top[k] for k in HPARAMS}, "val_loss": top["best_val_loss"],
                        "val_acc": top["best_val_acc"], "epochs": int(top["epochs"]), "model_dir": model_dir,
@@ -296,10 +262,11 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, *, resume: bool = 
     trials.to_parquet(inner, filesystem=fs, index=False)
     winner = max(best, key=lambda m: (best[m]["val_acc"], -best[m]["val_loss"]))
     best_dir = storage.join(out, "models", "best")
-    _copy_dir(best[winner]["model_dir"], best_dir)
+    # Both destinations are raygenre's own (OUT/models/best, the workspace default): a model there is replaced.
+    copy_model(best[winner]["model_dir"], best_dir, overwrite=True)
     default_dir = str(workspace.default_model_dir())
     if set_default:
-        _copy_dir(best[winner]["model_dir"], default_dir)
+        copy_model(best[winner]["model_dir"], default_dir, overwrite=True)
     summary = {"best_model": winner, "best": best, "config": to_dict(cfg), "synthetic": synthetic,
                "features_dir": str(features_dir), "default_model_dir": default_dir if set_default else None}
     storage.write_json_atomic(storage.join(out, "tune.json"), summary)
