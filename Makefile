@@ -43,6 +43,7 @@ bench: venv
 	$(BIN)/python bench/featurize.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/label.py
+	$(BIN)/python bench/cli_help.py
 
 clean:
 	rm -rf $(VENV) .raygenre-home .pytest_cache

@@ -772,7 +772,7 @@ def _progress_bar(enabled: bool) -> Any:
     """A live files/s bar on a terminal (``progress_bars_wanted``); off in logs, where redraws are noise."""
     from tqdm.auto import tqdm
 
-    from raygenre.runtime import progress_bars_wanted
+    from raygenre.workspace import progress_bars_wanted
 
     return tqdm(desc="labelling", unit="file", disable=not (enabled and progress_bars_wanted()), file=sys.stderr,
                 dynamic_ncols=True, smoothing=0.1)

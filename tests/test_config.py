@@ -57,3 +57,28 @@ def test_cli_says_one_line_and_exits_2(tmp_path: Path, args: list[str]) -> None:
     assert result.exception is None or isinstance(result.exception, SystemExit)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+
+
+def test_configs_are_package_data_and_typed_by_class() -> None:
+    from raygenre.config import SECTIONS, default_file, section_of
+
+    for name, cls in SECTIONS.items():
+        assert default_file(name).is_file() and section_of(cls) == name
+        assert isinstance(load_config(cls), cls) and load_config(name) == load_config(cls)
+    with pytest.raises(ConfigError, match="unknown config section"):
+        load_config("trian")
+
+
+def test_tune_nests_the_trials_train_config(tmp_path: Path) -> None:
+    """TuneConfig.train starts from train.yaml's defaults (no copy in tune.yaml); a tune file may override it."""
+    from raygenre.config import TuneConfig
+
+    tune = load_config(TuneConfig)
+    assert tune.train == load_config(TrainConfig)
+    (tmp_path / "t.yaml").write_text("num_samples: 1\ntrain:\n  patience: 3\n")
+    custom = load_config(TuneConfig, tmp_path / "t.yaml", {"max_epochs": 4})
+    assert (custom.num_samples, custom.max_epochs, custom.train.patience) == (1, 4, 3)
+    assert custom.train.min_epochs == tune.train.min_epochs  # the rest stays train.yaml's
+    (tmp_path / "bad.yaml").write_text("train:\n  patiense: 3\n")
+    with pytest.raises(ConfigError, match=r"tune.train: unknown key\(s\) \['patiense'\]"):
+        load_config(TuneConfig, tmp_path / "bad.yaml")

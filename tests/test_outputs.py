@@ -262,9 +262,8 @@ def test_s3_train_killed_mid_run_leaves_no_model_and_rerun_succeeds(s3: str, tmp
 def test_s3_tune_writes_every_output_to_the_bucket(s3: str, tmp_path: Path, ray_local: None) -> None:
     """`raygenre tune --out s3://...` (tiny budget): trials, checkpoints, models and tune.json in the bucket;
     a second run on the same --out is refused without --overwrite."""
-    from raygenre.cli import check_tune_out
     from raygenre.config import TuneConfig, load_config
-    from raygenre.training.tune import tune_models
+    from raygenre.training.tune import check_tune_out, tune_models
 
     fs, _ = storage.resolve(s3)
     local_table = tmp_path / "table"

@@ -44,10 +44,12 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 from scipy.signal import lfilter
+from tqdm.auto import tqdm
 
 from raygenre import __version__
 from raygenre.config import SynthConfig, to_dict
 from raygenre.data.gtzan import GENRES
+from raygenre.workspace import progress_bars_wanted
 
 SYNTH_VERSION = 1  # bump whenever the generated audio changes, so complete old datasets are regenerated
 MARKER = "synth.json"
@@ -879,10 +881,6 @@ def _run_pool(fn: Any, jobs: Sequence[Any], workers: int | None, progress: bool,
     breaks scripts read from stdin and re-runs unguarded scripts. The workers only use numpy, scipy and
     libsndfile, never a lock that a parent's threads (Ray, torch) could hold at fork time.
     """
-    from tqdm.auto import tqdm
-
-    from raygenre.runtime import progress_bars_wanted
-
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     bar = tqdm(total=len(jobs), desc=desc, unit=unit, disable=not (progress and progress_bars_wanted()), leave=False)
     try:

@@ -30,7 +30,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from raygenre import __version__, storage
+from raygenre import __version__, storage, workspace
 from raygenre.config import ConfigError, FeatureParams
 from raygenre.model.networks import MODELS, build_model, unwrap
 
@@ -201,6 +201,14 @@ def copy_model(src: str, dest: str, *, overwrite: bool = True) -> None:
         dst_fs, dst_inner = storage.resolve(out.dir)
         pafs.copy_files(src_inner, dst_inner, source_filesystem=src_fs, destination_filesystem=dst_fs)
         out.commit({k: v for k, v in meta.items() if k != "attempt"})
+
+
+def set_default_model(src: str) -> str:
+    """Copy the model at ``src`` to the workspace's default model (what `raygenre label` uses without
+    ``--model``), replacing the one there (raygenre's own folder); returns the default model's folder."""
+    dest = str(workspace.default_model_dir())
+    copy_model(src, dest, overwrite=True)
+    return dest
 
 
 def _read_tensors(path: str) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ here is its Ray Data reader, used by ``evaluate``.
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import ray
@@ -20,10 +20,8 @@ from ray.data.expressions import col
 
 from raygenre import storage
 from raygenre.data.table import SPLITS, FeatureMismatchError, FeatureTable, check_features, open_table
+from raygenre.model.artifact import LoadedModel
 from raygenre.runtime import ensure_ray
-
-if TYPE_CHECKING:  # pragma: no cover
-    from raygenre.model.artifact import LoadedModel
 
 
 def read_split(features_dir: str | FeatureTable, split: str, columns: list[str] | None = None) -> ray.data.Dataset:

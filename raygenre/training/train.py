@@ -106,6 +106,7 @@ class TrainResult:
     synthetic: bool
     eval_check: dict[str, Any] = field(default_factory=dict)  # eval_mode_check(): eval vs train-mode accuracy
     extra: dict[str, Any] = field(default_factory=dict)
+    default_model_dir: str | None = None  # set when the model was also made `raygenre label`'s default
 
     @property
     def resumed_from_epoch(self) -> int | None:

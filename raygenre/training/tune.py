@@ -33,11 +33,13 @@ from ray.tune.search import BasicVariantGenerator, Searcher
 from raygenre import storage, workspace
 from raygenre.config import TrainConfig, TuneConfig, to_dict
 from raygenre.data.table import open_table
-from raygenre.model.artifact import copy_model
+from raygenre.model.artifact import copy_model, set_default_model
 from raygenre.runtime import ensure_ray
 from raygenre.training.train import Prepared, build_trainer, effective_config, finish, prepare, read_checkpoint
 
 HPARAMS = ("lr", "batch_size", "dropout", "weight_decay", "hidden")
+TUNE_DONE = "tune.json"  # written last by tune_models: the search is finished
+TUNE_NAMES = {"tune", "train", "models", "trials.csv", "trials.parquet", TUNE_DONE}  # what a tune run writes in OUT
 TRIAL_CPU = 0.01  # what a trial actor itself asks for; its Train workers hold the real resources
 
 
@@ -104,14 +106,14 @@ def make_search_alg(name: str, seed: int, max_concurrent: int, points: list[dict
         return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent, points_to_evaluate=points)
     if name == "optuna":
         try:
-            from ray.tune.search.optuna import OptunaSearch
+            from ray.tune.search.optuna import OptunaSearch  # optional package: imported only when chosen
 
             return OptunaSearch(seed=seed, points_to_evaluate=points)
         except ImportError as exc:
             raise ValueError("search_alg optuna needs the optuna package: pip install optuna") from exc
     if name == "hyperopt":
         try:
-            from ray.tune.search.hyperopt import HyperOptSearch
+            from ray.tune.search.hyperopt import HyperOptSearch  # optional package: imported only when chosen
 
             return HyperOptSearch(random_state_seed=seed, points_to_evaluate=points)
         except ImportError as exc:
@@ -186,6 +188,32 @@ def trial_table(model: str, results: Any, max_epochs: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def check_tune_out(out: str, *, resume: bool, overwrite: bool) -> None:
+    """Refuse a tune ``out`` that is a file, holds something other than a raygenre tune run, or holds a finished
+    search (unless ``resume`` or ``overwrite``). Raises ``storage.OutputExistsError``."""
+    fs, inner = storage.resolve(out)
+    info = fs.get_file_info(inner)
+    if info.type == storage.pafs.FileType.NotFound:
+        return
+    if info.type != storage.pafs.FileType.Directory:
+        raise storage.OutputExistsError(f"{out} is a file; --out must be a folder.")
+    names = {i.base_name for i in fs.get_file_info(storage.pafs.FileSelector(inner))}
+    foreign = sorted(names - TUNE_NAMES - {storage.LEASE})
+    if foreign:
+        raise storage.OutputExistsError(
+            f"{out} already exists and is not a raygenre tune run (it holds {', '.join(foreign[:3])}). raygenre "
+            f"never deletes what it did not write: choose a new or empty folder for --out.")
+    if TUNE_DONE in names and not (resume or overwrite):
+        raise storage.OutputExistsError(f"{out} already holds a finished raygenre tune run. Pass --overwrite to "
+                                        f"search again there, or choose another --out.")
+
+
+def tune_run_dir(resume: bool) -> str:
+    """The default tune ``out``: with ``resume``, the workspace's latest ``runs/tune-*``; else a new one."""
+    runs = sorted((workspace.home() / "runs").glob("tune-*")) if resume else []
+    return str(runs[-1]) if runs else str(workspace.new_run_dir("tune"))
+
+
 def tune_models(features_dir: str, cfg: TuneConfig, out: str, *, resume: bool = False,
                 address: str | None = None, set_default: bool = True, verbose: int = 1) -> TuneResult:
     """Search every model in ``cfg.models``; export the best of each and the overall best. See module doc.
@@ -204,14 +232,14 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, *, resume: bool = 
     concurrent, per_worker = plan_concurrency(resources, cfg)
     gpus_per_worker = cfg.gpus_per_trial / cfg.workers_per_trial if cfg.gpus_per_trial > 0 else 0.0
     tables, best, prepared_by_model = [], {}, {}
-    table = open_table(features_dir)  # features.json: read once for the whole search
-    synthetic = table.synthetic
+    feature_table = open_table(features_dir)  # features.json: read once for the whole search
+    synthetic = feature_table.synthetic
     for model in cfg.models:
         if model not in cfg.search_spaces:
             raise ValueError(f"no search space for model {model!r} in the tune config")
         mbase = dataclasses.replace(base, model=model, epochs=cfg.max_epochs, workers=cfg.workers_per_trial,
                                     gpu=cfg.gpus_per_trial > 0, seed=cfg.seed)
-        prepared = prepare(table, mbase)
+        prepared = prepare(feature_table, mbase)
         prepared_by_model[model] = prepared
         experiments = storage.join(out, "tune")
         trainable = tune.with_resources(
@@ -266,9 +294,9 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, *, resume: bool = 
     copy_model(best[winner]["model_dir"], best_dir, overwrite=True)
     default_dir = str(workspace.default_model_dir())
     if set_default:
-        copy_model(best[winner]["model_dir"], default_dir, overwrite=True)
+        set_default_model(best[winner]["model_dir"])
     summary = {"best_model": winner, "best": best, "config": to_dict(cfg), "synthetic": synthetic,
                "features_dir": str(features_dir), "default_model_dir": default_dir if set_default else None}
-    storage.write_json_atomic(storage.join(out, "tune.json"), summary)
+    storage.write_json_atomic(storage.join(out, TUNE_DONE), summary)
     return TuneResult(out=out, trials=trials, best=best, best_model=winner, best_model_dir=best_dir,
                       default_model_dir=default_dir, synthetic=synthetic, seconds=round(time.time() - t0, 1))
