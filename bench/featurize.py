@@ -72,7 +72,7 @@ def main() -> None:
                     help="run the (slow) tutorial loop on this many tracks only (0 = all); rates are per audio-second")
     args = ap.parse_args()
 
-    from raygenre.data.synth import synthesize
+    from raygenre.data.synth.dataset import synthesize
 
     data = OUT_DIR / f"gtzan-synth-{args.tracks_per_genre}x{args.seconds:g}s"
     synthesize(data, load_config(SynthConfig, overrides={"tracks_per_genre": args.tracks_per_genre,

@@ -1,7 +1,8 @@
 """Labelling throughput: the tutorial's loop vs `raygenre label` (cold, warm) vs a no-Ray floor; peak memory.
 
 A library shaped like a real collection (44.1 kHz stereo, 2-6 minutes per file, WAV/FLAC/MP3/OGG in nested
-folders, a few bad files; synthetic audio, NOT real music, made by ``raygenre.data.synth.make_library`` and cached
+folders, a few bad files; synthetic audio, NOT real music, made by
+``raygenre.data.synth.library.make_library`` and cached
 under bench/out/) is labelled three ways; the score is library audio-seconds labelled per wall-second:
 
 (a) the tutorial's way: one process, ``librosa.load`` of each whole file, the same 10 segments, per-segment
@@ -43,7 +44,7 @@ EXTS = frozenset(CFG.extensions)
 def library(name: str, files: int, seed: int, min_s: float, max_s: float,
             formats: tuple[str, ...] = ("wav", "flac", "mp3", "ogg")) -> tuple[Path, int]:
     """(folder, bad files) of a cached synthetic library under bench/out/ (made once; 44.1 kHz stereo)."""
-    from raygenre.data.synth import make_library
+    from raygenre.data.synth.library import make_library
 
     out = OUT_DIR / name
     result = make_library(out, files, seed, min_seconds=min_s, max_seconds=max_s, formats=formats,
@@ -323,8 +324,9 @@ def main() -> None:
 
     lines = [
         f"Library: {len(paths)} files, {audio_s / 3600:.2f} audio-hours, 44.1 kHz stereo, 2-6 min each, WAV/FLAC/MP3/"
-        f"OGG in nested folders, {bad} bad files (synthetic audio from `raygenre.data.synth.make_library`, not real "
-        f"music). Model: untrained seeded CNN (speed does not depend on the weights). 10 segments per file.",
+        f"OGG in nested folders, {bad} bad files (synthetic audio from "
+        f"`raygenre.data.synth.library.make_library`, not real music). Model: untrained seeded CNN (speed does not "
+        f"depend on the weights). 10 segments per file.",
         "",
         "| way | audio-s per wall-s | load avg after |",
         "| --- | ---: | ---: |",

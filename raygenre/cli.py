@@ -120,7 +120,7 @@ def synth(
     per track from overlapping per-genre ranges). It is NOT real music: use it to try the pipeline, and
     the real GTZAN (or your own `<genre>/<file>` tree) for results that mean something.
     """
-    from raygenre.data.synth import synthesize
+    from raygenre.data.synth.dataset import synthesize
 
     cfg = load_config(SynthConfig, config, {"tracks_per_genre": tracks_per_genre, "seconds": seconds,
                                             "seed": seed, "faults": faults, "difficulty": difficulty})

@@ -107,7 +107,7 @@ class SynthConfig:
     sample_rate: int
     seed: int
     faults: bool  # add GTZAN's real-world faults: a corrupt file, a truncated one, varying lengths
-    difficulty: str  # easy (each genre its own recipe) | hard (genres overlap like real ones; see data/synth.py)
+    difficulty: str  # easy (each genre its own recipe) | hard (genres overlap: see data/synth/recipes.py)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ from raygenre import storage, workspace
 from raygenre.config import FeaturizeConfig, LabelConfig, TrainConfig, TuneConfig, load_config
 from raygenre.data.builtin import ensure_dataset, ensure_features
 from raygenre.data.featurize import FeaturizeResult, featurize
-from raygenre.data.synth import make_library
+from raygenre.data.synth.library import make_library
 from raygenre.label import label_library
 from raygenre.model.artifact import files_dir, load_model, set_default_model
 from raygenre.runtime import ensure_ray

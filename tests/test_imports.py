@@ -21,7 +21,11 @@ PURE = [
     "raygenre.data.mfcc",
     "raygenre.data.table",
     "raygenre.data.gtzan",
-    "raygenre.data.synth",
+    "raygenre.data.synth.recipes",
+    "raygenre.data.synth.dsp",
+    "raygenre.data.synth.compose",
+    "raygenre.data.synth.dataset",
+    "raygenre.data.synth.library",
     "raygenre.model.networks",
     "raygenre.model.artifact",
 ]

@@ -49,7 +49,7 @@ OLD_SETTINGS = {"lr": 1e-4, "bn_momentum": 0.01, "bn_recompute": False, "batch_s
 def hard_table(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> str:
     """The hard synthetic set at test size, featurized by the real `raygenre featurize`."""
     from raygenre.data.featurize import featurize
-    from raygenre.data.synth import synthesize
+    from raygenre.data.synth.dataset import synthesize
 
     root = tmp_path_factory.mktemp("hard")
     scfg = dataclasses.replace(load_config(SynthConfig), tracks_per_genre=60, seconds=6.0, seed=0)

@@ -20,18 +20,10 @@ from raygenre.config import SynthConfig, load_config
 from raygenre.data.audio import AudioError
 from raygenre.data.audio import load as audio_load
 from raygenre.data.gtzan import GENRES, discover
-from raygenre.data.synth import (
-    HARD_NOISE_DB,
-    RECIPES,
-    SCALES,
-    STEP_PROB,
-    _fault_plan,
-    chord,
-    compose,
-    make_library,
-    synthesize,
-    track_recipe,
-)
+from raygenre.data.synth.compose import compose
+from raygenre.data.synth.dataset import _fault_plan, synthesize
+from raygenre.data.synth.library import make_library
+from raygenre.data.synth.recipes import HARD_NOISE_DB, RECIPES, SCALES, STEP_PROB, chord, track_recipe
 
 SR = 22050
 

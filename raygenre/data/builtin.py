@@ -10,7 +10,7 @@ from collections.abc import Callable
 from raygenre import workspace
 from raygenre.config import FeaturizeConfig, SynthConfig, load_config
 from raygenre.data.featurize import featurize
-from raygenre.data.synth import synthesize
+from raygenre.data.synth.dataset import synthesize
 from raygenre.data.table import MANIFEST
 
 
