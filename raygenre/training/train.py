@@ -130,10 +130,9 @@ class Prepared:
     def manifest(self) -> dict[str, Any]:
         return self.table.manifest
 
-    def for_trial(self, cfg: TrainConfig, names: tuple[str, ...]) -> Prepared:
-        """The same data with ``cfg`` and its hyperparameters ``names`` (e.g. lr, batch_size) in the loop config."""
-        loop = {**self.loop_config, **{k: getattr(cfg, k) for k in names}}
-        return dataclasses.replace(self, cfg=cfg, loop_config=loop)
+    def for_trial(self, cfg: TrainConfig) -> Prepared:
+        """The same data (and statistics) with the trial's config ``cfg`` in the loop config."""
+        return dataclasses.replace(self, cfg=cfg, loop_config={**self.loop_config, **to_dict(cfg)})
 
 
 # ----------------------------------------------------------------------------------------------- driver side
@@ -180,14 +179,10 @@ def cpus_per_worker(workers: int) -> float:
 
 def loop_config(cfg: TrainConfig, frames: int, n_mfcc: int, n_genres: int, mean: np.ndarray,
                 std: np.ndarray) -> dict[str, Any]:
-    """What ``fit_loop`` needs besides the data: the effective config, the shapes and the train statistics."""
-    return {
-        "model": cfg.model, "frames": frames, "n_mfcc": n_mfcc, "n_genres": n_genres,
-        "hidden": cfg.hidden, "dropout": cfg.dropout, "weight_decay": cfg.weight_decay, "lr": cfg.lr,
-        "batch_size": cfg.batch_size, "epochs": cfg.epochs, "min_epochs": cfg.min_epochs, "patience": cfg.patience,
-        "bn_momentum": cfg.bn_momentum, "bn_recompute": cfg.bn_recompute, "seed": cfg.seed,
-        "mean": mean.tolist(), "std": std.tolist(), "fault_kill_epoch": None, "fault_marker": None,
-    }
+    """What ``fit_loop`` needs besides the data: every field of the effective config (``to_dict``: no field is
+    spelled out twice), the shapes and the train statistics (plain lists: the config travels to the workers)."""
+    return {**to_dict(cfg), "frames": frames, "n_mfcc": n_mfcc, "n_genres": n_genres, "mean": mean.tolist(),
+            "std": std.tolist(), "fault_kill_epoch": None, "fault_marker": None}
 
 
 def prepare(features_dir: str | FeatureTable, cfg: TrainConfig, *, put: bool = True) -> Prepared:

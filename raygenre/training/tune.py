@@ -157,7 +157,7 @@ def run_trial(config: dict[str, Any], prepared: Prepared, base: TrainConfig, tra
     """The Tune function trainable: one ``TorchTrainer`` run whose epoch reports reach Tune."""
     cfg = _trial_cfg(base, config)
     trial_id = tune.get_context().get_trial_id()
-    trainer = build_trainer(prepared.for_trial(cfg, HPARAMS), cfg, train_storage, name=f"trial-{trial_id}",
+    trainer = build_trainer(prepared.for_trial(cfg), cfg, train_storage, name=f"trial-{trial_id}",
                             callbacks=[TuneReportCallback()], cpus=cpus_per_worker)
     if gpus_per_worker and cfg.gpu:
         trainer.scaling_config.resources_per_worker["GPU"] = gpus_per_worker
@@ -279,7 +279,7 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, *, resume: bool = 
         tcfg = _trial_cfg(mbase, top.to_dict())
         state = read_checkpoint(top["checkpoint_path"], out)["state"]
         model_dir = storage.join(out, "models", model)
-        res = finish(prepared.for_trial(tcfg, HPARAMS), tcfg, state, model_dir,
+        res = finish(prepared.for_trial(tcfg), tcfg, state, model_dir,
                      storage.join(out, "train", f"trial-{top['trial_id']}"), t0)
         best[model] = {"trial_id": top["trial_id"], **{k: top[k] for k in HPARAMS}, "val_loss": top["best_val_loss"],
                        "val_acc": top["best_val_acc"], "epochs": int(top["epochs"]), "model_dir": model_dir,
