@@ -40,13 +40,10 @@ assert ray.__version__ == '${RAY_VERSION}', ray.__version__; \
 assert torch.__version__.split('+')[0] == '${TORCH_VERSION}', torch.__version__; \
 assert torchaudio.__version__.split('+')[0] == '${TORCHAUDIO_VERSION}', torchaudio.__version__"
 
-# The package itself and its YAML defaults. A non-editable install cannot find the repo's configs/, so
-# RAYGENRE_CONFIG_DIR points at the copy here (raygenre/config.py reads it).
+# The package itself; its YAML defaults (raygenre/configs/) are package data, installed with it.
 COPY --chown=1000:100 raygenre/ raygenre/
-COPY --chown=1000:100 configs/ configs/
 RUN pip install --no-cache-dir --no-deps --force-reinstall . \
     && raygenre --version
 
-ENV RAYGENRE_CONFIG_DIR=/opt/raygenre/configs \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility
 WORKDIR /home/ray

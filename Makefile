@@ -44,6 +44,7 @@ bench: venv
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/label.py
 	$(BIN)/python bench/decoder.py
+	$(BIN)/python bench/cli_help.py
 
 clean:
 	rm -rf $(VENV) .raygenre-home .pytest_cache

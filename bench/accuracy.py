@@ -2,7 +2,7 @@
 
 Not a speed benchmark: it checks, at full size, what tests/test_learning.py checks on a small table, that
 data-parallel training learns what one worker learns. Every run uses the default train config
-(configs/train.yaml); only the model and the worker count change. The data is the built-in synthetic dataset
+(raygenre/configs/train.yaml); only the model and the worker count change. The data is the built-in synthetic dataset
 (difficulty hard, 10 genres x 100 tracks x 30 s, SYNTHETIC audio, NOT real music), featurized on first use.
 
     python bench/accuracy.py [--models ann,cnn,lstm] [--workers 1,2] [--features DIR]
@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT_DIR, results_block  # noqa: E402
 
-from raygenre.config import load_config  # noqa: E402
+from raygenre.config import TrainConfig, load_config  # noqa: E402
 
 
 def main() -> None:
@@ -28,10 +28,10 @@ def main() -> None:
     ap.add_argument("--features", default=None, help="feature table (default: the built-in synthetic one)")
     args = ap.parse_args()
 
-    from raygenre.builtin import ensure_features
-    from raygenre.featurize import read_manifest
+    from raygenre.data.builtin import ensure_features
+    from raygenre.data.table import read_manifest
     from raygenre.runtime import ensure_ray
-    from raygenre.train import train
+    from raygenre.training.train import train
 
     ensure_ray()
     features = args.features or ensure_features()
@@ -41,7 +41,7 @@ def main() -> None:
     for model in args.models.split(","):
         for workers in (int(w) for w in args.workers.split(",")):
             t0 = time.perf_counter()
-            r = train(features, load_config("train", overrides={"model": model, "workers": workers}),
+            r = train(features, load_config(TrainConfig, overrides={"model": model, "workers": workers}),
                       str(OUT_DIR / f"accuracy-{model}-{workers}"), storage_path=str(OUT_DIR / "runs"))
             rows.append((model, workers, r.test["track_accuracy"], r.test["segment_accuracy"], r.best_epoch,
                          len(r.history), r.eval_check["train_eval_acc"], r.eval_check["train_acc"],
@@ -49,7 +49,7 @@ def main() -> None:
             print(f"{model} x {workers} workers: test tracks {r.test['track_accuracy']:.1%}, segments "
                   f"{r.test['segment_accuracy']:.1%}, best epoch {r.best_epoch}/{len(r.history)}", flush=True)
     lines = [
-        f"Feature table {features}{synthetic}; default train config (configs/train.yaml); test split.",
+        f"Feature table {features}{synthetic}; default train config (raygenre/configs/train.yaml); test split.",
         "",
         "| model | workers | test track accuracy | test segment accuracy | best epoch / run | "
         "train split: eval mode / training | minutes |",

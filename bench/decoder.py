@@ -1,6 +1,6 @@
-"""What the decoder child costs: label's per-file decode + MFCC in the task itself vs through ``raygenre.decoder``.
+"""What the decoder child costs: label's per-file decode + MFCC in the task itself vs through ``raygenre.data.decoder``.
 
-Every file is decoded in a child process (a hang or crash then costs one file, see raygenre/decoder.py). This
+Every file is decoded in a child process (a hang or crash then costs one file, see raygenre/data/decoder.py). This
 measures the price of that isolation where it is largest, with no Ray and nothing else running: one process
 labels-decodes N files (44.1 kHz stereo, 4 minutes, FLAC and WAV; synthetic noise, NOT music: speed does not
 depend on content) with ``decode_timeout_s: 0`` (in-process) and with the default limit (the child), alternating

@@ -20,10 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT_DIR, results_block, timed  # noqa: E402
 
-from raygenre.config import load_config  # noqa: E402
-from raygenre.gtzan import discover  # noqa: E402
+from raygenre.config import FeaturizeConfig, SynthConfig, load_config  # noqa: E402
+from raygenre.data.gtzan import discover  # noqa: E402
 
-CFG = load_config("featurize")
+CFG = load_config(FeaturizeConfig)
 P = CFG.features
 
 
@@ -46,8 +46,8 @@ def _floor_chunk(paths: list[str]) -> int:
     """Decode + torchaudio MFCC, batched per track, one thread: the work featurize must do, nothing else."""
     import torch
 
-    from raygenre.audio import load
-    from raygenre.features import MfccExtractor, cut_segments, mfcc_of_segments
+    from raygenre.data.audio import load
+    from raygenre.data.mfcc import MfccExtractor, cut_segments, mfcc_of_segments
 
     torch.set_num_threads(1)
     ex = MfccExtractor(P)
@@ -72,10 +72,10 @@ def main() -> None:
                     help="run the (slow) tutorial loop on this many tracks only (0 = all); rates are per audio-second")
     args = ap.parse_args()
 
-    from raygenre.synth import synthesize
+    from raygenre.data.synth.dataset import synthesize
 
     data = OUT_DIR / f"gtzan-synth-{args.tracks_per_genre}x{args.seconds:g}s"
-    synthesize(data, load_config("synth", overrides={"tracks_per_genre": args.tracks_per_genre,
+    synthesize(data, load_config(SynthConfig, overrides={"tracks_per_genre": args.tracks_per_genre,
                                                      "seconds": args.seconds}))
     tracks, _ = discover(data)
     paths = [t.path for t in tracks]
@@ -105,7 +105,7 @@ def main() -> None:
     rates["cold"] = audio_s / t[0]
     print(f"(b) raygenre featurize, cold (process + Ray start-up): {t[0]:.1f} s -> {rates['cold']:.0f} audio-s/s")
 
-    from raygenre.featurize import featurize
+    from raygenre.data.featurize import featurize
     from raygenre.runtime import ensure_ray
 
     ensure_ray()

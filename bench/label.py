@@ -1,7 +1,8 @@
 """Labelling throughput: the tutorial's loop vs `raygenre label` (cold, warm) vs a no-Ray floor; peak memory.
 
 A library shaped like a real collection (44.1 kHz stereo, 2-6 minutes per file, WAV/FLAC/MP3/OGG in nested
-folders, a few bad files; synthetic audio, NOT real music, made by ``raygenre.synth.make_library`` and cached
+folders, a few bad files; synthetic audio, NOT real music, made by
+``raygenre.data.synth.library.make_library`` and cached
 under bench/out/) is labelled three ways; the score is library audio-seconds labelled per wall-second:
 
 (a) the tutorial's way: one process, ``librosa.load`` of each whole file, the same 10 segments, per-segment
@@ -19,7 +20,6 @@ does not depend on the weights.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shutil
 import subprocess
@@ -32,11 +32,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT_DIR, results_block, timed  # noqa: E402
 
-from raygenre.config import load_config  # noqa: E402
+from raygenre.config import FeaturizeConfig, LabelConfig, load_config  # noqa: E402
 from raygenre.label.scan import SCAN_SHARDS, walk_shard  # noqa: E402
 
-CFG = load_config("label")
-P = load_config("featurize").features
+CFG = load_config(LabelConfig)
+P = load_config(FeaturizeConfig).features
 EXTS = frozenset(CFG.extensions)
 
 
@@ -44,7 +44,7 @@ EXTS = frozenset(CFG.extensions)
 def library(name: str, files: int, seed: int, min_s: float, max_s: float,
             formats: tuple[str, ...] = ("wav", "flac", "mp3", "ogg")) -> tuple[Path, int]:
     """(folder, bad files) of a cached synthetic library under bench/out/ (made once; 44.1 kHz stereo)."""
-    from raygenre.synth import make_library
+    from raygenre.data.synth.library import make_library
 
     out = OUT_DIR / name
     result = make_library(out, files, seed, min_seconds=min_s, max_seconds=max_s, formats=formats,
@@ -59,16 +59,17 @@ def model_dir() -> str:
     import numpy as np
     import torch
 
-    from raygenre.artifact import save_model
-    from raygenre.models import build_model
+    from raygenre.model.artifact import save_model
+    from raygenre.model.networks import build_model
 
     out = OUT_DIR / "label-model"
     if not (out / "model.json").exists():
         torch.manual_seed(0)
         genres = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
-        save_model(str(out), build_model("cnn", P.frames, P.n_mfcc, len(genres)), "cnn",
-                   {"hidden": 64, "dropout": 0.3}, dataclasses.asdict(P), genres,
-                   np.r_[-250.0, 80.0, np.zeros(P.n_mfcc - 2)], np.full(P.n_mfcc, 40.0), {}, synthetic=True)
+        save_model(str(out), build_model("cnn", P.frames, P.n_mfcc, len(genres)), name="cnn",
+                   hparams={"hidden": 64, "dropout": 0.3}, features=P, genres=genres,
+                   mean=np.r_[-250.0, 80.0, np.zeros(P.n_mfcc - 2)], std=np.full(P.n_mfcc, 40.0), metrics={},
+                   synthetic=True)
     return str(out)
 
 
@@ -79,7 +80,7 @@ def audio_files(root: Path) -> list[str]:
 
 def durations(paths: list[str]) -> dict[str, float]:
     """Header duration (s) of each readable file; bad files count 0."""
-    from raygenre.audio import AudioError, info
+    from raygenre.data.audio import AudioError, info
 
     out = {}
     for p in paths:
@@ -98,8 +99,8 @@ def tutorial_loop(paths: list[str], model_path: str) -> int:
     import librosa
     import numpy as np
 
-    from raygenre.artifact import load_model
-    from raygenre.features import window_starts
+    from raygenre.data.mfcc import window_starts
+    from raygenre.model.artifact import load_model
 
     model = load_model(model_path)
     n, labelled = P.segment_samples, 0
@@ -132,7 +133,7 @@ def _floor_init() -> None:
 
 def _floor_chunk(paths: list[str]) -> int:
     """Windowed decode + MFCC (what `raygenre label` must do per file), no model, no Ray."""
-    from raygenre.audio import AudioError
+    from raygenre.data.audio import AudioError
     from raygenre.label.predict import decode_file
 
     done = 0
@@ -323,8 +324,9 @@ def main() -> None:
 
     lines = [
         f"Library: {len(paths)} files, {audio_s / 3600:.2f} audio-hours, 44.1 kHz stereo, 2-6 min each, WAV/FLAC/MP3/"
-        f"OGG in nested folders, {bad} bad files (synthetic audio from `raygenre.synth.make_library`, not real "
-        f"music). Model: untrained seeded CNN (speed does not depend on the weights). 10 segments per file.",
+        f"OGG in nested folders, {bad} bad files (synthetic audio from "
+        f"`raygenre.data.synth.library.make_library`, not real music). Model: untrained seeded CNN (speed does not "
+        f"depend on the weights). 10 segments per file.",
         "",
         "| way | audio-s per wall-s | load avg after |",
         "| --- | ---: | ---: |",

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT_DIR, results_block, timed  # noqa: E402
 
-from raygenre.config import load_config  # noqa: E402
-from raygenre.featurize import read_mfcc_table  # noqa: E402
-from raygenre.models import build_model, resolve_hparams  # noqa: E402
+from raygenre.config import TrainConfig, load_config  # noqa: E402
+from raygenre.data.table import read_mfcc_table  # noqa: E402
+from raygenre.model.networks import build_model, resolve_hparams  # noqa: E402
 
 Split = tuple[torch.Tensor, torch.Tensor]  # mfcc float32 (N, frames, n_mfcc), label int64 (N,)
 
@@ -80,9 +80,9 @@ def ray_epochs(features: str, model_name: str, epochs: int, workers: int, batch:
 
     The first entry of the wall list is from the call to the first report (start-up + epoch 1).
     """
-    from raygenre.train import train
+    from raygenre.training.train import train
 
-    cfg = load_config("train", overrides={"model": model_name, "epochs": epochs, "workers": workers,
+    cfg = load_config(TrainConfig, overrides={"model": model_name, "epochs": epochs, "workers": workers,
                                           "batch_size": batch, "lr": lr, "seed": seed, "patience": epochs + 1})
     stamps: list[float] = []
     t0 = time.perf_counter()
@@ -104,11 +104,11 @@ def main() -> None:
     if args.epochs < 3:
         ap.error("--epochs must be at least 3 (epoch 1 is warm-up; the median needs two more)")
 
-    from raygenre.builtin import ensure_features
-    from raygenre.featurize import read_manifest
+    from raygenre.data.builtin import ensure_features
+    from raygenre.data.table import read_manifest
     from raygenre.runtime import ensure_ray
 
-    base = load_config("train")
+    base = load_config(TrainConfig)
     with timed() as t_ray:
         ensure_ray()
     features = args.features or ensure_features()

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from raygenre.artifact import LoadedModel
+    from raygenre.model.artifact import LoadedModel
 
 
 def load_model(path: Any) -> LoadedModel:
-    """Load a model artifact folder (``model.safetensors`` + ``model.json``); see ``raygenre.artifact``."""
-    from raygenre.artifact import load_model as _load
+    """Load a model artifact folder (``model.safetensors`` + ``model.json``); see ``raygenre.model.artifact``."""
+    from raygenre.model.artifact import load_model as _load
 
     return _load(path)
 

@@ -1,19 +1,25 @@
-"""One typed configuration, loaded from ``configs/<section>.yaml`` and overridden by flags.
+"""One typed configuration, loaded from the package's ``raygenre/configs/<section>.yaml`` and overridden by flags.
 
-Every default value lives in the YAML files under ``configs/`` (the single source of truth); the dataclasses
-here only give those values names, types and documentation. ``load_config`` merges, in order: the section's
-YAML, an optional user file (``--config FILE``), then explicit overrides (CLI flags; ``None`` means "not
-given"), and checks every key and type so that a typo fails loudly instead of being ignored.
+Every default value lives in the YAML files shipped inside the package (``raygenre/configs/``, read with
+``importlib.resources``, so an installed wheel or image finds them with no setting); the dataclasses here only
+give those values names, types and documentation. ``load_config(TrainConfig, ...)`` merges, in order: the
+class's YAML (``SECTIONS`` names it: ``train.yaml``), an optional user file (``--config FILE``), then explicit
+overrides (CLI flags; ``None`` means "not given"), and checks every key and type so that a typo fails loudly
+instead of being ignored.
+
+Nesting: ``TuneConfig.train`` is a whole ``TrainConfig`` (the trials' base). Its defaults are ``train.yaml``'s,
+merged with the ``train:`` mapping of ``tune.yaml`` and then of the user's tune file (``defaults``): one place
+per default, and a tune run states which train settings it used.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import importlib.resources
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import yaml
 
@@ -24,10 +30,9 @@ class ConfigError(ValueError):
     """A configuration file or override is malformed (unknown key, wrong type, missing value)."""
 
 
-def config_dir() -> Path:
-    """Folder holding the default YAML files: ``$RAYGENRE_CONFIG_DIR`` or the repo's ``configs/``."""
-    env = os.environ.get("RAYGENRE_CONFIG_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+def default_file(section: str) -> importlib.resources.abc.Traversable:
+    """The packaged YAML file of ``section`` (``raygenre/configs/<section>.yaml``, package data)."""
+    return importlib.resources.files("raygenre") / "configs" / f"{section}.yaml"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +59,18 @@ class FeatureParams:
         """MFCC frames in one full segment with ``center=True`` (130 at the defaults)."""
         return 1 + self.segment_samples // self.hop_length
 
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "features") -> FeatureParams:
+        """The parameters stored in a manifest (features.json, model.json): exactly these keys, typed.
+
+        Extra keys (e.g. ``frames`` beside them in model.json) are ignored; a missing key or a wrong type raises
+        ``ConfigError`` naming ``where``.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a mapping of feature parameters, got {data!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return _build(cls, {k: v for k, v in data.items() if k in names}, where)
+
 
 @dataclasses.dataclass(frozen=True)
 class SplitConfig:
@@ -71,6 +88,8 @@ class SplitConfig:
 class FeaturizeConfig:
     """``raygenre featurize``: audio dataset -> Parquet MFCC table + features.json."""
 
+
+
     features: FeatureParams
     segments: int  # segments cut from the start of each track, back to back
     split: SplitConfig
@@ -82,17 +101,21 @@ class FeaturizeConfig:
 class SynthConfig:
     """``raygenre synth``: the built-in synthetic dataset in GTZAN layout (not real music)."""
 
+
+
     tracks_per_genre: int
     seconds: float  # nominal track length; with faults on, lengths vary around it
     sample_rate: int
     seed: int
     faults: bool  # add GTZAN's real-world faults: a corrupt file, a truncated one, varying lengths
-    difficulty: str  # easy (each genre its own recipe) | hard (genres overlap like real ones; see synth.py)
+    difficulty: str  # easy (each genre its own recipe) | hard (genres overlap: see data/synth/recipes.py)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """``raygenre train``: one model trained data-parallel on Ray Train."""
+
+
 
     model: str  # ann | cnn | lstm
     epochs: int
@@ -115,6 +138,8 @@ class TrainConfig:
 class TuneConfig:
     """``raygenre tune``: hyperparameter search over the models with Ray Tune."""
 
+
+
     models: list[str]
     num_samples: int  # trials per model
     max_epochs: int
@@ -126,11 +151,14 @@ class TuneConfig:
     search_alg: str  # "random" (default); "optuna"/"hyperopt" if installed
     seed: int
     search_spaces: dict[str, dict[str, Any]]  # per model: {param: {type: loguniform|choice|uniform, ...}}
+    train: TrainConfig  # the trials' base (patience, min_epochs, bn_*, max_failures); tune sets the rest per trial
 
 
 @dataclasses.dataclass(frozen=True)
 class LabelConfig:
     """``raygenre label``: batch inference over an audio library."""
+
+
 
     format: str  # parquet | csv | jsonl
     segments_per_track: int  # segments spread evenly across each file
@@ -143,6 +171,7 @@ class LabelConfig:
     actor_restarts: int  # model actor restarts allowed in all (deaths) before the run stops, keeping its rows
 
 
+# Each config class and the packaged YAML file (raygenre/configs/<section>.yaml) holding its defaults.
 SECTIONS: dict[str, type] = {
     "featurize": FeaturizeConfig,
     "synth": SynthConfig,
@@ -150,6 +179,7 @@ SECTIONS: dict[str, type] = {
     "tune": TuneConfig,
     "label": LabelConfig,
 }
+C = TypeVar("C")
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -208,12 +238,12 @@ def _build(cls: type[T], data: Any, where: str) -> T:
     return cls(**{k: _coerce(data[k], hints[k], f"{where}.{k}") for k in names})  # type: ignore[call-arg]
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path | importlib.resources.abc.Traversable) -> dict[str, Any]:
     """A YAML file of settings as a dict; ``ConfigError`` (one line) for a missing file, a folder, malformed YAML
-    or a document that is not a mapping."""
-    p = Path(path)
+    or a document that is not a mapping. ``path`` may be a packaged resource (``default_file``)."""
+    p = path if isinstance(path, importlib.resources.abc.Traversable) else Path(path)
     if p.is_dir():
-        raise ConfigError(f"{p} is a folder; --config takes a YAML file (see configs/ for examples)")
+        raise ConfigError(f"{p} is a folder; --config takes a YAML file (see raygenre/configs/ for examples)")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -232,17 +262,55 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(section: str, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Any:
-    """Load ``configs/<section>.yaml``, merge ``path`` (a user YAML) and ``overrides``; return the dataclass.
+def section_of(cls: type) -> str:
+    """The section name of a config class (``TrainConfig`` -> ``"train"``): its YAML file's stem."""
+    for name, known in SECTIONS.items():
+        if known is cls:
+            return name
+    known = ", ".join(c.__name__ for c in SECTIONS.values())
+    raise ConfigError(f"{cls.__name__} is not a config section; known: {known}")
+
+
+def _section_class(cls: type[C] | str) -> type[C]:
+    if isinstance(cls, str):
+        if cls not in SECTIONS:
+            raise ConfigError(f"unknown config section {cls!r}; valid sections are {sorted(SECTIONS)}")
+        return SECTIONS[cls]
+    section_of(cls)  # a known section, or a clear error
+    return cls
+
+
+def defaults(cls: type[Any] | str) -> dict[str, Any]:
+    """The packaged defaults of a config class as plain data: its YAML, with every nested config field (one whose
+    type is itself a section, e.g. ``TuneConfig.train``) filled from that section's YAML and then overridden by
+    the mapping the outer YAML gives under the field's name."""
+    cls = _section_class(cls)
+    data = read_yaml(default_file(section_of(cls)))
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        inner = hints[f.name]
+        if inner in SECTIONS.values():
+            data[f.name] = _merge(defaults(inner), data.get(f.name) or {})
+    return data
+
+
+@overload
+def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C: ...
+@overload
+def load_config(cls: str, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Any: ...
+def load_config(cls: type[C] | str, path: str | Path | None = None,
+                overrides: dict[str, Any] | None = None) -> C | Any:
+    """An instance of ``cls`` (e.g. ``TrainConfig``): its packaged defaults (``defaults``), merged with ``path`` (a
+    user YAML, ``--config FILE``) and ``overrides``. A section name (``"train"``) is accepted for ``cls`` too.
 
     Overrides may be nested (``{"features": {"n_mfcc": 20}}``); ``None`` values are ignored.
     """
-    cls = SECTIONS[section]
-    data = read_yaml(config_dir() / f"{section}.yaml")
+    cls = _section_class(cls)
+    data = defaults(cls)
     if path is not None:
         data = _merge(data, read_yaml(path))
     data = _merge(data, overrides or {})
-    return _build(cls, data, section)
+    return _build(cls, data, section_of(cls))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -8,11 +8,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
 import ray
+import ray._private.ray_constants as ray_constants
+
+from raygenre.workspace import progress_bars_wanted
 
 RAY_DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
 
@@ -35,8 +37,6 @@ def _start_local(num_cpus: int | None, **kwargs: Any) -> None:
     A third, ``RAY_DATA_LOGGING_CONFIG`` (unless the user set one), keeps Ray Data's INFO lines in the workers
     (one "execution finished" per dataset and epoch) in ``ray-data.log`` rather than on the console.
     """
-    import ray._private.ray_constants as ray_constants
-
     port = _free_local_port()
     env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}",
            "RAY_DATA_LOGGING_CONFIG": os.environ.get("RAY_DATA_LOGGING_CONFIG") or str(RAY_DATA_LOGGING)}
@@ -78,17 +78,6 @@ def _quiet_ray_data_console() -> None:
         if handler.name == "console":
             handler.setLevel(max(handler.level, logging.WARNING))
             handler.addFilter(QuietRayDataFilter())
-
-
-def progress_bars_wanted() -> bool:
-    """Ray Data's live bars: on a terminal by default; ``RAYGENRE_PROGRESS=0|1`` forces them off or on.
-
-    Off when stderr is not a terminal, because redrawn bars turn CI logs and ``ray job logs`` into noise.
-    """
-    forced = os.environ.get("RAYGENRE_PROGRESS", "").strip()
-    if forced in ("0", "1"):
-        return forced == "1"
-    return sys.stderr.isatty()
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: Any) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""The workspace (``$RAYGENRE_HOME``, default ``~/.raygenre``): the built-in dataset, its features, models.
+"""The workspace (``$RAYGENRE_HOME``, default ``~/.raygenre``): the built-in dataset, its features, models; and
+the other settings raygenre reads from the environment (``RAYGENRE_PROGRESS``).
 
 Layout::
 
@@ -11,6 +12,7 @@ Layout::
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -44,3 +46,14 @@ def new_run_dir(command: str) -> Path:
         n += 1
         path = home() / "runs" / f"{command}-{stamp}-{n}"
     return path
+
+
+def progress_bars_wanted() -> bool:
+    """Ray Data's live bars: on a terminal by default; ``RAYGENRE_PROGRESS=0|1`` forces them off or on.
+
+    Off when stderr is not a terminal, because redrawn bars turn CI logs and ``ray job logs`` into noise.
+    """
+    forced = os.environ.get("RAYGENRE_PROGRESS", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return sys.stderr.isatty()

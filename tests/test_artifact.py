@@ -13,9 +13,18 @@ import pytest
 import torch
 
 import raygenre
-from raygenre.artifact import CPU_CHUNK, META, WEIGHTS, ArtifactError, LoadedModel, load_model, save_model, weights_path
 from raygenre.config import FeatureParams
-from raygenre.models import build_model
+from raygenre.model.artifact import (
+    CPU_CHUNK,
+    META,
+    WEIGHTS,
+    ArtifactError,
+    LoadedModel,
+    load_model,
+    save_model,
+    weights_path,
+)
+from raygenre.model.networks import build_model
 
 PARAMS = FeatureParams(sample_rate=22050, n_mfcc=13, n_fft=2048, hop_length=512, n_mels=128, segment_seconds=3.0)
 GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
@@ -42,7 +51,8 @@ def _save(path: str | Path, name: str = "cnn", synthetic: bool = True) -> tuple[
     hparams = {"hidden": 512 if name == "ann" else 64, "dropout": 0.2, "weight_decay": 0.0, "lr": 1e-4}
     features = {**dataclasses.asdict(PARAMS), "frames": PARAMS.frames}
     metrics = {"test": {"segment_accuracy": 0.5, "track_accuracy": 0.6}}
-    save_model(str(path), model, name, hparams, features, GENRES, mean, std, metrics, synthetic)
+    save_model(str(path), model, name=name, hparams=hparams, features=features, genres=GENRES, mean=mean, std=std,
+               metrics=metrics, synthetic=synthetic)
     return model, mean, std
 
 
@@ -173,18 +183,18 @@ def test_save_checks_its_inputs(tmp_path: Path) -> None:
     model = build_model("ann", 130, 13, 10)
     features = dataclasses.asdict(PARAMS)
     with pytest.raises(ArtifactError, match="unknown model name"):
-        save_model(str(tmp_path / "a"), model, "mlp", {"hidden": 512, "dropout": 0.3}, features, GENRES,
-                   np.zeros(13), np.ones(13), {}, True)
+        save_model(str(tmp_path / "a"), model, name="mlp", hparams={"hidden": 512, "dropout": 0.3}, features=features,
+                   genres=GENRES, mean=np.zeros(13), std=np.ones(13), metrics={}, synthetic=True)
     with pytest.raises(ArtifactError, match="n_mfcc is 13"):
-        save_model(str(tmp_path / "b"), model, "ann", {"hidden": 512, "dropout": 0.3}, features, GENRES,
-                   np.zeros(20), np.ones(20), {}, True)
+        save_model(str(tmp_path / "b"), model, name="ann", hparams={"hidden": 512, "dropout": 0.3}, features=features,
+                   genres=GENRES, mean=np.zeros(20), std=np.ones(20), metrics={}, synthetic=True)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_extra_metadata_never_replaces_the_contract(tmp_path: Path) -> None:
     model = build_model("ann", 130, 13, 10)
-    save_model(str(tmp_path / "m"), model, "ann", {"hidden": 512, "dropout": 0.3}, dataclasses.asdict(PARAMS),
-               GENRES, np.zeros(13), np.ones(13), {}, True,
+    save_model(str(tmp_path / "m"), model, name="ann", hparams={"hidden": 512, "dropout": 0.3}, features=PARAMS,
+               genres=GENRES, mean=np.zeros(13), std=np.ones(13), metrics={}, synthetic=True,
                extra={"features_dir": "/data/feats", "model": "cnn", "synthetic": False})
     meta = load_model(str(tmp_path / "m")).meta
     assert meta["features_dir"] == "/data/feats"

@@ -1,4 +1,4 @@
-"""``raygenre.audio``: decoding windows of real files, and the files that decode but must not pass as audio."""
+"""``raygenre.data.audio``: decoding windows of real files, and the files that decode but must not pass as audio."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from conftest import write_lying_header, write_nan_track, write_tone_track
 
-from raygenre.audio import AudioError, info, load, load_windows
+from raygenre.data.audio import AudioError, info, load, load_windows
 
 SR = 22050
 

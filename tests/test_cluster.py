@@ -384,9 +384,9 @@ def _cluster(args: dict[str, Any]) -> Any:
 
 
 def _train_cfg(**over: Any) -> Any:
-    from raygenre.config import load_config
+    from raygenre.config import TrainConfig, load_config
 
-    return load_config("train", overrides={"model": "ann", "workers": 2, "lr": 1e-3, "batch_size": 16,
+    return load_config(TrainConfig, overrides={"model": "ann", "workers": 2, "lr": 1e-3, "batch_size": 16,
                                            "patience": 100, "max_failures": 2, "seed": 0, **over})
 
 
@@ -403,14 +403,14 @@ def _child_placement(args: dict[str, Any], cluster: Any) -> dict[str, Any]:
     import ray
     from ray.util.state import list_actors, list_tasks
 
-    from raygenre.config import load_config
+    from raygenre.config import LabelConfig, load_config
     from raygenre.label.pipeline import label_library
-    from raygenre.train import train
+    from raygenre.training.train import train
 
     root = Path(args["root"])
     result = train(args["table"], _train_cfg(epochs=2), str(root / "model"), storage_path=str(root / "runs"))
     workers = _worker_nodes()
-    labels = label_library(args["library"], str(root / "labels.parquet"), load_config("label"),
+    labels = label_library(args["library"], str(root / "labels.parquet"), load_config(LabelConfig),
                            model_dir=str(root / "model"), progress=False)
     label_nodes: set[str] = set()
     deadline = time.monotonic() + 60  # task events reach the GCS within a second or so
@@ -431,7 +431,7 @@ def _child_node_loss(args: dict[str, Any], cluster: Any) -> dict[str, Any]:
     import ray
 
     import raygenre
-    from raygenre.train import train
+    from raygenre.training.train import train
 
     root = Path(args["root"])
     epochs = 8  # margin: the node must go while training still runs

@@ -1,4 +1,4 @@
-"""``raygenre.decoder``: decoding in a child process, where a hang or a crash costs one file and nothing else."""
+"""``raygenre.data.decoder``: decoding in a child process, where a hang or a crash costs one file and nothing else."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import write_nan_track, write_tone_track
 
-from raygenre import decoder
-from raygenre.audio import AudioError, info, load
+from raygenre.data import decoder
+from raygenre.data.audio import AudioError, info, load
 
 SR = 22050
 

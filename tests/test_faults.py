@@ -3,7 +3,7 @@
 Every test runs the real ``raygenre`` CLI in its own process (its own local Ray), breaks something while it
 runs, and then asserts the exact rows of the final output: every file once, the good ones labelled, the bad
 ones with the reason. Decoder hangs and crashes are made on purpose by the decoder child for files whose name
-holds a marker (``raygenre.decoder.FAULTS_ENV``); workers and actors are killed from here with SIGKILL, found
+holds a marker (``raygenre.data.decoder.FAULTS_ENV``); workers and actors are killed from here with SIGKILL, found
 by walking the run's own process tree (never by name across the machine).
 
 The other crafted inputs (a file that changes between two resumes, a deleted file, zero-byte and truncated
@@ -29,7 +29,7 @@ from conftest import REPO, write_tone_track
 from test_label import _descendants, _kill_tree, _proc_stat, random_model
 
 from raygenre.config import load_config
-from raygenre.decoder import FAULTS_ENV
+from raygenre.data.decoder import FAULTS_ENV
 from raygenre.label.parts import list_parts, parts_dir_of
 from raygenre.label.pipeline import label_library
 
@@ -92,7 +92,7 @@ class Run:
 
 
 def _decoders(run: Run) -> list[int]:
-    return _find(run.family, lambda _, cmd: "raygenre.decoder" in cmd)
+    return _find(run.family, lambda _, cmd: "raygenre.data.decoder" in cmd)
 
 
 def _actors(run: Run) -> list[int]:

@@ -15,25 +15,17 @@ import numpy as np
 import pytest
 from conftest import REPO, shared_dir, write_lying_header, write_nan_track, write_tone_track
 
-from raygenre.config import load_config
-from raygenre.features import MfccExtractor, cut_segments, window_starts
-from raygenre.featurize import (
-    FeatureMismatchError,
-    check_features,
-    featurize,
-    read_manifest,
-    read_mfcc_table,
-    table_path,
-    tracks_per_task,
-)
-from raygenre.gtzan import DatasetError, Track, assign_splits, discover
+from raygenre.config import FeaturizeConfig, load_config
+from raygenre.data.featurize import featurize, tracks_per_task
+from raygenre.data.gtzan import DatasetError, Track, assign_splits, discover
+from raygenre.data.table import FeatureMismatchError, check_features, read_manifest, read_mfcc_table, table_path
 
-FEATURES = load_config("featurize").features
+FEATURES = load_config(FeaturizeConfig).features
 
 
 def small_cfg(**split):
     """Two 3 s segments per track keeps tests fast; the split override is merged in."""
-    return load_config("featurize", overrides={"segments": 2, "split": split or None})
+    return load_config(FeaturizeConfig, overrides={"segments": 2, "split": split or None})
 
 
 def make_dataset(root: Path, genres=("rock", "blues", "jazz"), per_genre=4, seconds=6.2, ext="wav",
@@ -81,53 +73,19 @@ def test_tracks_per_task() -> None:
     assert tracks_per_task(1, 64, 2.0) == 1 and tracks_per_task(0, 64, 0.5) == 1
 
 
-def test_cut_segments_drops_short_ones_like_the_tutorial() -> None:
-    n = FEATURES.segment_samples
-    y = np.zeros(int(n * 2.5), dtype=np.float32)
-    pieces, index, dropped = cut_segments(y, FEATURES, 3)
-    assert index == [0, 1] and dropped == 1 and all(p.size == n for p in pieces)
-    # a slice a few samples short still yields the full 130 frames, so the tutorial keeps it
-    y = np.zeros(3 * n - 100, dtype=np.float32)
-    pieces, index, dropped = cut_segments(y, FEATURES, 3)
-    assert index == [0, 1, 2] and dropped == 0 and pieces[-1].size == n - 100
-    assert FEATURES.frames == 130 and FEATURES.segment_samples == 66150
+# (segmenting, window placement and MFCC parity: tests/test_mfcc.py)
 
 
-def test_window_starts_spread_across_long_tracks() -> None:
-    assert window_starts(2.0, FEATURES, 10) == []
-    assert window_starts(7.0, FEATURES, 10) == [0.0, 3.0]
-    starts = window_starts(3600.0, FEATURES, 10)
-    assert len(starts) == 10 and starts[0] > 100 and starts[-1] + 3 <= 3600 and starts[-1] > 3000
-
-
-# ---------------------------------------------------------------------------------------------------- parity
-def test_mfcc_parity_with_librosa(tmp_path: Path) -> None:
-    """torchaudio MFCC == librosa.feature.mfcc (the tutorial's reference) on harmonic, noisy, enveloped audio."""
-    rng = np.random.default_rng(1)
-    signals = []
-    for k in range(4):  # different loudness per signal: a shared top_db clamp would break this
-        data = write_tone_track(tmp_path / f"t{k}.wav", 3.0, seed=k)[:, 0]
-        signals.append(data * (10.0 ** -k) + 1e-3 * rng.standard_normal(data.size).astype(np.float32))
-    batch = np.stack(signals).astype(np.float32)
-    ours = MfccExtractor(FEATURES)(batch)
-    assert ours.shape == (4, 130, 13)
-    for y, got in zip(batch, ours, strict=True):
-        ref = librosa.feature.mfcc(y=y, sr=22050, n_mfcc=13, n_fft=2048, hop_length=512).T
-        rel = np.abs(got - ref).max() / np.abs(ref).max()
-        assert rel < 1e-4, rel
-
-
-# ---------------------------------------------------------------------------------------------------- splits
 def test_stratified_split_is_per_track_and_seeded() -> None:
     tracks = [Track(path=f"/x/{g}{i}", track_id=f"{g}/{g}.{i:05d}", genre=g) for g in "abc" for i in range(20)]
-    cfg = load_config("featurize").split
+    cfg = load_config(FeaturizeConfig).split
     split_of, excluded = assign_splits(tracks, cfg)
     assert excluded == 0 and set(split_of) == {t.track_id for t in tracks}
     for g in "abc":
         got = [split_of[t.track_id] for t in tracks if t.genre == g]
         assert (got.count("train"), got.count("val"), got.count("test")) == (14, 3, 3)
     assert assign_splits(tracks, cfg)[0] == split_of
-    other = load_config("featurize", overrides={"split": {"seed": 7}}).split
+    other = load_config(FeaturizeConfig, overrides={"split": {"seed": 7}}).split
     assert assign_splits(tracks, other)[0] != split_of
 
 
@@ -136,7 +94,7 @@ def test_split_lists_use_public_gtzan_lists(tmp_path: Path) -> None:
     assert (lists / "train_filtered.txt").is_file(), f"missing {lists}; set RAYGENRE_SHARED_DIR"
     tracks = [Track(path="", track_id=f"genres/{g}/{g}.{i:05d}", genre=g) for g in ("blues", "jazz")
               for i in range(100)]
-    cfg = load_config("featurize", overrides={"split": {"method": "lists", "lists_dir": str(lists)}}).split
+    cfg = load_config(FeaturizeConfig, overrides={"split": {"method": "lists", "lists_dir": str(lists)}}).split
     split_of, excluded = assign_splits(tracks, cfg)
     listed = {}
     for split, name in (("train", "train_filtered.txt"), ("val", "valid_filtered.txt"), ("test", "test_filtered.txt")):
@@ -241,7 +199,7 @@ def test_rerun_is_skipped_and_mismatch_is_refused(table) -> None:
     with pytest.raises(FileExistsError, match="already holds a raygenre feature table.*--overwrite"):
         featurize(str(root), str(out), small_cfg(seed=5))  # other parameters: replacing needs overwrite
     assert read_manifest(str(out)) == manifest
-    other = load_config("featurize", overrides={"features": {"n_mfcc": 20}}).features
+    other = load_config(FeaturizeConfig, overrides={"features": {"n_mfcc": 20}}).features
     with pytest.raises(FeatureMismatchError, match="n_mfcc: table has 13, this model needs 20"):
         check_features(manifest, other)
     check_features(manifest, FEATURES)
@@ -306,7 +264,7 @@ def test_a_long_file_decodes_only_what_its_segments_need(tmp_path: Path) -> None
     """A 5-minute 44.1 kHz stereo FLAC: featurize reads its first 30 s, not the whole file (memory bound)."""
     import tracemalloc
 
-    from raygenre.featurize import featurize_batch
+    from raygenre.data.featurize import featurize_batch
 
     path = tmp_path / "long.flac"
     write_tone_track(path, 300.0, sr=44100, channels=2, fmt="FLAC")
@@ -324,9 +282,9 @@ def test_a_long_file_decodes_only_what_its_segments_need(tmp_path: Path) -> None
 
 def test_a_track_that_hangs_or_crashes_its_decoder_is_rejected_alone(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """featurize's task decodes in the decoder child (raygenre.decoder): a hang costs one track, after the limit."""
-    from raygenre import decoder
-    from raygenre.featurize import featurize_batch
+    """featurize decodes in the decoder child (raygenre.data.decoder): a hang costs one track, after the limit."""
+    from raygenre.data import decoder
+    from raygenre.data.featurize import featurize_batch
 
     names = ["ok-1", "x-HANG", "ok-2", "x-CRASH", "ok-3"]
     for i, name in enumerate(names):

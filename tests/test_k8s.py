@@ -630,19 +630,36 @@ def test_dockerfile_pins_match_constraints_and_it_installs_with_them() -> None:
     assert users and users[-1].split(":")[0] == "1000", "the image must end as the non-root user 1000"
 
 
-def test_dockerfile_sets_raygenre_config_dir_to_the_copied_configs() -> None:
-    workdir, configs_dest, config_env = "/", None, None
+def test_image_needs_no_config_dir_the_package_carries_its_configs() -> None:
+    """The defaults are package data: the image copies only the package and sets no config location."""
+    copied = []
     for op, rest in dockerfile_instructions():
-        if op == "WORKDIR":
-            workdir = rest
-        elif op == "COPY":
-            parts = [p for p in rest.split() if not p.startswith("--")]
-            if parts[0].rstrip("/") == "configs":
-                configs_dest = os.path.normpath(os.path.join(workdir, parts[-1]))
-        elif op == "ENV":
-            m = re.search(r"RAYGENRE_CONFIG_DIR=(\S+)", rest)
-            config_env = m.group(1) if m else config_env
-    assert configs_dest and config_env == configs_dest, (config_env, configs_dest)
+        assert "RAYGENRE_CONFIG_DIR" not in rest, f"{op} {rest}: the configs travel inside the package"
+        if op == "COPY":
+            copied += [p.rstrip("/") for p in rest.split() if not p.startswith("--")][:-1]
+    assert "raygenre" in copied and "configs" not in copied, copied
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert re.search(r'raygenre = \[[^]]*"configs/\*\.yaml"', pyproject), "configs/*.yaml must be package data"
+
+
+def test_package_data_carries_every_default_config() -> None:
+    """pyproject's package-data globs take every packaged YAML, and the package reads them by resource (so a
+    wheel or an image, which holds no repo configs/, has them). A static check: building a wheel needs
+    setuptools >= 77 and network-free build isolation, which the test venv does not promise."""
+    import fnmatch
+    import importlib.resources
+
+    from raygenre.config import SECTIONS
+
+    section = (REPO / "pyproject.toml").read_text().split("[tool.setuptools.package-data]", 1)[1]
+    globs = re.findall(r'"([^"]+)"', re.search(r"^raygenre = \[(.*?)\]", section, re.M).group(1))
+    shipped = sorted(p.relative_to(REPO / "raygenre").as_posix() for p in (REPO / "raygenre").rglob("*.yaml"))
+    assert {f"configs/{s}.yaml" for s in SECTIONS} <= set(shipped)
+    missed = [p for p in shipped if not any(fnmatch.fnmatchcase(p, g) and p.count("/") == g.count("/") for g in globs)]
+    assert not missed, f"package-data {globs} leaves out {missed}"
+    configs = importlib.resources.files("raygenre") / "configs"
+    assert all((configs / f"{s}.yaml").is_file() for s in SECTIONS)
+    assert not (REPO / "configs").exists() or not list((REPO / "configs").glob("*.yaml")), "defaults live once"
 
 
 def test_dockerignore_keeps_the_context_small_but_admits_every_copied_path() -> None:
@@ -675,13 +692,13 @@ def test_runtime_env_files_are_valid_for_ray() -> None:
     assert "${RAY_RUNTIME_ENV_CREATE_WORKING_DIR}" in pip, "pip variant must install the uploaded checkout"
 
 
-def test_image_runtime_env_makes_raygenre_read_the_uploaded_configs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """RAYGENRE_CONFIG_DIR="" undoes the image's setting, so configs come from beside the uploaded code."""
-    from raygenre.config import config_dir
+def test_image_runtime_env_needs_no_config_setting() -> None:
+    """The uploaded code carries its configs (package data): no env var points raygenre elsewhere."""
+    from raygenre.config import default_file
 
-    env_vars = yaml.safe_load((JOBS / "runtime-env" / "image.yaml").read_text())["env_vars"]
-    monkeypatch.setenv("RAYGENRE_CONFIG_DIR", env_vars["RAYGENRE_CONFIG_DIR"])
-    assert config_dir() == REPO / "configs"
+    env = yaml.safe_load((JOBS / "runtime-env" / "image.yaml").read_text())
+    assert "RAYGENRE_CONFIG_DIR" not in (env.get("env_vars") or {})
+    assert Path(str(default_file("train"))) == REPO / "raygenre" / "configs" / "train.yaml"
 
 
 @pytest.mark.parametrize("path", RUNTIME_ENVS, ids=lambda p: p.name)
@@ -696,7 +713,7 @@ def test_working_dir_package_is_small_and_holds_the_code(path: Path, tmp_path: P
     with zipfile.ZipFile(pkg) as z:
         names = z.namelist()
         sizes = sorted(((i.file_size, i.filename) for i in z.infolist()), reverse=True)
-    assert {"raygenre/cli.py", "raygenre/config.py", "configs/train.yaml", "constraints.txt",
+    assert {"raygenre/cli.py", "raygenre/config.py", "raygenre/configs/train.yaml", "constraints.txt",
             "pyproject.toml"} <= set(names)
     heavy = [n for n in names if n.split("/")[0] in {".venv", ".git", ".raygenre-home"} or n.startswith("bench/out")]
     assert not heavy, heavy[:5]

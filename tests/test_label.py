@@ -29,10 +29,9 @@ import torch
 from conftest import REPO, write_lying_header, write_nan_track, write_tone_track
 from typer.testing import CliRunner
 
-from raygenre.artifact import load_model, save_model
 from raygenre.cli import app
 from raygenre.config import load_config
-from raygenre.features import MfccExtractor, window_starts
+from raygenre.data.mfcc import MfccExtractor, window_starts
 from raygenre.label.parts import (
     ResumeMismatchError,
     consolidate,
@@ -45,7 +44,8 @@ from raygenre.label.parts import (
 from raygenre.label.pipeline import LabelResult, NoModelError, _pool_sizes, label_library
 from raygenre.label.predict import Predictor, decode_batch, decode_file, mean_per_file
 from raygenre.label.scan import SCAN_SHARDS, scan_shard, walk_shard
-from raygenre.models import build_model
+from raygenre.model.artifact import load_model, save_model
+from raygenre.model.networks import build_model
 
 F = load_config("featurize").features  # 22050 Hz, 13 MFCC, 3 s segments: what the models are trained on
 GENRES = ["blues", "jazz", "rock"]
@@ -62,8 +62,8 @@ def random_model(out: Path, seed: int = 0, genres: list[str] = GENRES) -> str:
     torch.manual_seed(seed)
     module = build_model("cnn", F.frames, F.n_mfcc, len(genres))
     mean = np.r_[-250.0, 80.0, np.zeros(F.n_mfcc - 2)]
-    save_model(str(out), module, "cnn", {"hidden": 64, "dropout": 0.3}, dataclasses.asdict(F), genres, mean,
-               np.full(F.n_mfcc, 40.0), {}, synthetic=True)
+    save_model(str(out), module, name="cnn", hparams={"hidden": 64, "dropout": 0.3}, features=F, genres=genres,
+               mean=mean, std=np.full(F.n_mfcc, 40.0), metrics={}, synthetic=True)
     return str(out)
 
 
@@ -80,8 +80,8 @@ def loudness_model(out: Path, threshold: float) -> str:
         for layer in (d1, d2):
             layer.weight[0, 0] = layer.weight[1, 1] = 1.0
         module.out.weight[:] = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
-    save_model(str(out), module, "ann", {"hidden": 16, "dropout": 0.0}, dataclasses.asdict(F), ["loud", "quiet"],
-               np.zeros(F.n_mfcc), np.ones(F.n_mfcc), {}, synthetic=False)
+    save_model(str(out), module, name="ann", hparams={"hidden": 16, "dropout": 0.0}, features=F,
+               genres=["loud", "quiet"], mean=np.zeros(F.n_mfcc), std=np.ones(F.n_mfcc), metrics={}, synthetic=False)
     return str(out)
 
 
@@ -287,8 +287,8 @@ def test_non_finite_model_output_is_an_error_row_not_a_genre(tmp_path: Path) -> 
     model = load_model(loudness_model(tmp_path / "model", threshold=float(np.mean(c0))))
     with torch.no_grad():  # finite weights, but loud input overflows float32 to inf logits -> NaN probabilities
         model.module.dense[1].weight[0, 0] = 3e38
-    save_model(str(tmp_path / "damaged"), model.module, "ann", model.hparams, dataclasses.asdict(F), model.genres,
-               model.mean.numpy(), model.std.numpy(), {}, synthetic=True)
+    save_model(str(tmp_path / "damaged"), model.module, name="ann", hparams=model.hparams, features=F,
+               genres=model.genres, mean=model.mean.numpy(), std=model.std.numpy(), metrics={}, synthetic=True)
     predictor = Predictor(str(tmp_path / "damaged"), "damaged")
     paths = [str(lib / "loud.wav"), str(lib / "quiet.wav")]
     batch = {"path": np.array(paths, dtype=object), "error": np.array([None, None], dtype=object),

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from raygenre.config import load_config
-from raygenre.evaluate import evaluate
-from raygenre.models import build_model
-from raygenre.train import (
+from raygenre.config import FeaturizeConfig, SynthConfig, TrainConfig, TuneConfig, load_config
+from raygenre.model.networks import build_model
+from raygenre.training.evaluate import evaluate
+from raygenre.training.train import (
     BN_SAMPLE,
     best_model,
     bn_rows,
@@ -48,20 +48,20 @@ OLD_SETTINGS = {"lr": 1e-4, "bn_momentum": 0.01, "bn_recompute": False, "batch_s
 @pytest.fixture(scope="module")
 def hard_table(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> str:
     """The hard synthetic set at test size, featurized by the real `raygenre featurize`."""
-    from raygenre.featurize import featurize
-    from raygenre.synth import synthesize
+    from raygenre.data.featurize import featurize
+    from raygenre.data.synth.dataset import synthesize
 
     root = tmp_path_factory.mktemp("hard")
-    scfg = dataclasses.replace(load_config("synth"), tracks_per_genre=60, seconds=6.0, seed=0)
+    scfg = dataclasses.replace(load_config(SynthConfig), tracks_per_genre=60, seconds=6.0, seed=0)
     assert scfg.difficulty == "hard"  # the default: the demo and the built-in dataset use it too
     synthesize(root / "data", scfg, progress=False)
-    fcfg = load_config("featurize", overrides={"segments": 2, "split": {"train": 0.5, "val": 0.2, "test": 0.3}})
+    fcfg = load_config(FeaturizeConfig, overrides={"segments": 2, "split": {"train": 0.5, "val": 0.2, "test": 0.3}})
     featurize(str(root / "data"), str(root / "features"), fcfg)
     return str(root / "features")
 
 
 def cfg(model: str, **over: Any):
-    return load_config("train", overrides={"model": model, **over})
+    return load_config(TrainConfig, overrides={"model": model, **over})
 
 
 def local_run(table: str, model: str, **over: Any) -> dict[str, Any]:
@@ -74,9 +74,9 @@ def local_run(table: str, model: str, **over: Any) -> dict[str, Any]:
         state = train_local(prepared)
     finally:
         torch.set_num_threads(threads)
-    loaded = best_model(prepared, prepared["cfg"], state)
+    loaded = best_model(prepared, prepared.cfg, state)
     best = state["history"][state["best_epoch"] - 1]
-    check = eval_mode_check(loaded, *prepared["arrays"]["train"], train_acc=best["train_acc"], seed=c.seed)
+    check = eval_mode_check(loaded, *prepared.arrays["train"], train_acc=best["train_acc"], seed=c.seed)
     return {"history": state["history"], "best_epoch": state["best_epoch"], "test": evaluate(loaded, table),
             "eval_check": check}
 
@@ -197,11 +197,11 @@ def test_early_stopping_waits_for_min_epochs(hard_table: str) -> None:
 @pytest.mark.slow
 def test_tune_exports_a_cnn_no_worse_than_plain_train(hard_table: str, tmp_path: Path) -> None:
     """Tune's first trial is train's default config, so its exported cnn is at least as good (within noise)."""
-    from raygenre.tune import tune_models
+    from raygenre.training.tune import tune_models
 
-    tcfg = load_config("tune", overrides={"models": ["cnn"], "num_samples": 2, "max_epochs": 12,
+    tcfg = load_config(TuneConfig, overrides={"models": ["cnn"], "num_samples": 2, "max_epochs": 12,
                                           "grace_period": 6})
-    result = tune_models(hard_table, tcfg, str(tmp_path / "tune"), load_config("train"), verbose=0,
+    result = tune_models(hard_table, tcfg, str(tmp_path / "tune"), verbose=0,
                          set_default=False)
     plain = train(hard_table, cfg("cnn", epochs=12), str(tmp_path / "plain"), storage_path=str(tmp_path / "runs"))
     tuned = result.best["cnn"]["test"]

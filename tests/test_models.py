@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from raygenre.models import (
+from raygenre.model.networks import (
     CNN,
     MODELS,
     TUTORIAL_DEFAULTS,

@@ -22,8 +22,9 @@ from test_artifact import _save
 from test_featurize import make_dataset, small_cfg
 
 from raygenre import storage
-from raygenre.artifact import META, WEIGHTS, load_model
-from raygenre.featurize import featurize, read_mfcc_table, table_path
+from raygenre.data.featurize import featurize
+from raygenre.data.table import read_mfcc_table, table_path
+from raygenre.model.artifact import META, WEIGHTS, load_model
 from raygenre.storage import LEASE, Lease, OutputExistsError
 
 
@@ -72,7 +73,7 @@ def test_a_foreign_folder_or_file_is_refused_and_left_untouched(tmp_path: Path) 
 
 def test_replacing_needs_overwrite_and_never_crosses_kinds(tmp_path: Path) -> None:
     _save(tmp_path / "m", "ann")
-    from raygenre.artifact import save_model
+    from raygenre.model.artifact import save_model
     with pytest.raises(OutputExistsError, match="already holds a raygenre model.*--overwrite"):
         storage.check_output(tmp_path / "m", "model", overwrite=False)
     _save(tmp_path / "m", "lstm")  # the library default replaces (the CLI asks for --overwrite)
@@ -152,9 +153,9 @@ def test_s3_featurize_train_evaluate_label(s3: str, tmp_path: Path, ray_local: N
     from typer.testing import CliRunner
 
     from raygenre.cli import app
-    from raygenre.config import load_config
+    from raygenre.config import LabelConfig, TrainConfig, load_config
     from raygenre.label.pipeline import label_library
-    from raygenre.train import train
+    from raygenre.training.train import train
 
     fs, _ = storage.resolve(s3)
     root = make_dataset(tmp_path / "ds", genres=("a", "b"), per_genre=3)
@@ -179,7 +180,7 @@ def test_s3_featurize_train_evaluate_label(s3: str, tmp_path: Path, ray_local: N
     table_uri = f"{s3}/table"
     pafs.copy_files(str(local_table), storage.resolve(table_uri)[1], source_filesystem=pafs.LocalFileSystem(),
                     destination_filesystem=fs)  # old layout on S3: still read
-    cfg = load_config("train", overrides={"model": "ann", "epochs": 2, "workers": 1, "batch_size": 16,
+    cfg = load_config(TrainConfig, overrides={"model": "ann", "epochs": 2, "workers": 1, "batch_size": 16,
                                           "min_epochs": 1, "seed": 0})
     model_uri = f"{s3}/model"
     res = train(table_uri, cfg, model_uri, storage_path=f"{s3}/runs")
@@ -198,7 +199,7 @@ def test_s3_featurize_train_evaluate_label(s3: str, tmp_path: Path, ray_local: N
 
     lib = make_dataset(tmp_path / "lib", genres=("x",), per_genre=2, seconds=4.0)
     labels = f"{s3}/labels.parquet"
-    lab = label_library(str(lib), labels, load_config("label"), model_dir=model_uri, progress=False)
+    lab = label_library(str(lib), labels, load_config(LabelConfig), model_dir=model_uri, progress=False)
     assert lab.files == 2
     rows = pq.read_table(storage.resolve(labels)[1], filesystem=fs)
     assert rows.num_rows == 2 and set(rows.column("genre").to_pylist()) <= {"blues", "jazz"}
@@ -229,7 +230,7 @@ def test_s3_train_killed_mid_run_leaves_no_model_and_rerun_succeeds(s3: str, tmp
                                                                      ray_local: None) -> None:
     """A `raygenre train --out s3://...` killed after its first checkpoint: no model.json, load_model refuses,
     the rerun (same command) takes over the dead run's lease and commits."""
-    from raygenre.artifact import ArtifactError
+    from raygenre.model.artifact import ArtifactError
 
     local_table = tmp_path / "table"
     write_feature_table(local_table, ("blues", "jazz"))
@@ -261,9 +262,8 @@ def test_s3_train_killed_mid_run_leaves_no_model_and_rerun_succeeds(s3: str, tmp
 def test_s3_tune_writes_every_output_to_the_bucket(s3: str, tmp_path: Path, ray_local: None) -> None:
     """`raygenre tune --out s3://...` (tiny budget): trials, checkpoints, models and tune.json in the bucket;
     a second run on the same --out is refused without --overwrite."""
-    from raygenre.cli import check_tune_out
-    from raygenre.config import load_config
-    from raygenre.tune import tune_models
+    from raygenre.config import TuneConfig, load_config
+    from raygenre.training.tune import check_tune_out, tune_models
 
     fs, _ = storage.resolve(s3)
     local_table = tmp_path / "table"
@@ -272,8 +272,8 @@ def test_s3_tune_writes_every_output_to_the_bucket(s3: str, tmp_path: Path, ray_
     pafs.copy_files(str(local_table), storage.resolve(table_uri)[1], source_filesystem=pafs.LocalFileSystem(),
                     destination_filesystem=fs)
     out = f"{s3}/tune"
-    cfg = load_config("tune", overrides={"models": ["ann"], "num_samples": 1, "max_epochs": 2})
-    result = tune_models(table_uri, cfg, out, load_config("train"), verbose=0, set_default=False)
+    cfg = load_config(TuneConfig, overrides={"models": ["ann"], "num_samples": 1, "max_epochs": 2})
+    result = tune_models(table_uri, cfg, out, verbose=0, set_default=False)
     keys = _keys(out)
     assert "tune.json" in keys and "trials.csv" in keys and "trials.parquet" in keys
     assert any(k.startswith("train/") and k.endswith("train_state.pt") for k in keys)  # trial checkpoints

@@ -1,4 +1,4 @@
-"""The built-in synthetic dataset (``raygenre.synth``): GTZAN layout, determinism, faults, the label library.
+"""The built-in synthetic dataset (``raygenre.data.synth``): GTZAN layout, determinism, faults, the label library.
 
 Tiny configurations (2-3 tracks per genre, 3 s) keep these tests to seconds.
 """
@@ -16,29 +16,21 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from raygenre.audio import AudioError
-from raygenre.audio import load as audio_load
 from raygenre.config import SynthConfig, load_config
-from raygenre.gtzan import GENRES, discover
-from raygenre.synth import (
-    HARD_NOISE_DB,
-    RECIPES,
-    SCALES,
-    STEP_PROB,
-    _fault_plan,
-    chord,
-    compose,
-    make_library,
-    synthesize,
-    track_recipe,
-)
+from raygenre.data.audio import AudioError
+from raygenre.data.audio import load as audio_load
+from raygenre.data.gtzan import GENRES, discover
+from raygenre.data.synth.compose import compose
+from raygenre.data.synth.dataset import _fault_plan, synthesize
+from raygenre.data.synth.library import make_library
+from raygenre.data.synth.recipes import HARD_NOISE_DB, RECIPES, SCALES, STEP_PROB, chord, track_recipe
 
 SR = 22050
 
 
 def tiny(**over: object) -> SynthConfig:
     """The default synth config shrunk to 2 tracks/genre of 3 s (overridable)."""
-    base = dataclasses.replace(load_config("synth"), tracks_per_genre=2, seconds=3.0, seed=7, faults=False)
+    base = dataclasses.replace(load_config(SynthConfig), tracks_per_genre=2, seconds=3.0, seed=7, faults=False)
     return dataclasses.replace(base, **over)
 
 

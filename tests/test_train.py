@@ -14,17 +14,17 @@ import pytest
 from conftest import write_feature_table, write_tone_track
 
 import raygenre
-from raygenre.config import load_config
-from raygenre.evaluate import evaluate, plot_confusion, read_split, read_split_arrays, score, table_info
-from raygenre.featurize import FeatureMismatchError, read_mfcc_table
-from raygenre.train import FAULT_ENV, effective_config, load_stats, train
+from raygenre.config import FeaturizeConfig, TrainConfig, load_config
+from raygenre.data.table import FeatureMismatchError, open_table, read_mfcc_table, read_split_arrays
+from raygenre.training.evaluate import evaluate, plot_confusion, read_split, score
+from raygenre.training.train import FAULT_ENV, effective_config, load_stats, train
 
 GENRES = ("blues", "classical", "jazz", "metal")
 
 
 def cfg(**over: Any):
     """Small, fast runs: the tutorial's models with a higher learning rate on a tiny table."""
-    return load_config("train", overrides={"model": "ann", "epochs": 3, "workers": 2, "lr": 1e-3,
+    return load_config(TrainConfig, overrides={"model": "ann", "epochs": 3, "workers": 2, "lr": 1e-3,
                                            "batch_size": 16, "patience": 5, "max_failures": 2, "seed": 0, **over})
 
 
@@ -92,7 +92,7 @@ def test_refuses_unfinished_or_mismatched_tables(table: str, tmp_path: Path) -> 
     shutil.copytree(table, bad)
     (bad / "features.json").write_text(json.dumps({**manifest, "features": {"n_mfcc": 13}}))
     with pytest.raises(FeatureMismatchError, match="feature parameters"):
-        table_info(str(bad))
+        open_table(str(bad))
 
     # the manifest claims 20 coefficients but the stored MFCC are 130 x 13
     (bad / "features.json").write_text(json.dumps({**manifest, "features": {**manifest["features"], "n_mfcc": 20}}))
@@ -148,7 +148,7 @@ def test_train_end_to_end(baseline, table: str) -> None:
 
     run = Path(result.run_dir)
     assert run.parent == root / "runs"
-    saved = load_config("train", run / "config.yaml")  # the effective config, reusable with --config
+    saved = load_config(TrainConfig, run / "config.yaml")  # the effective config, reusable with --config
     assert saved == effective_config(cfg())
     history = json.loads((run / "history.json").read_text())
     assert losses(history["history"]) == losses(result.history) and history["synthetic"] is True
@@ -184,14 +184,14 @@ def featurized_run(tmp_path_factory: pytest.TempPathFactory, ray_local: None) ->
     lr 0 keeps the weights fixed, so the validation accuracy never improves after epoch 1 and early stopping
     (min_epochs 1, patience 1) must end the run at epoch 2 of 4. One run serves both tests below (~30 s).
     """
-    from raygenre.featurize import featurize
+    from raygenre.data.featurize import featurize
 
     root = tmp_path_factory.mktemp("featurized")
     for gi, genre in enumerate(("pop", "rock")):
         for i in range(3):
             write_tone_track(root / "data" / "genres_original" / genre / f"{genre}.{i:05d}.wav", 3.2,
                              seed=gi * 10 + i)
-    fcfg = load_config("featurize", overrides={"segments": 1})
+    fcfg = load_config(FeaturizeConfig, overrides={"segments": 1})
     featurize(str(root / "data"), str(root / "features"), fcfg)
     result = train(str(root / "features"), cfg(model="lstm", workers=1, epochs=4, min_epochs=1, patience=1, lr=0.0,
                                                batch_size=4), str(root / "model"), storage_path=str(root / "runs"))

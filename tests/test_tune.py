@@ -15,38 +15,38 @@ import yaml
 from conftest import write_feature_table
 
 import raygenre
-from raygenre.config import load_config
-from raygenre.tune import grace_period, plan_concurrency, tune_models
+from raygenre.config import TuneConfig, load_config
+from raygenre.training.tune import grace_period, plan_concurrency, tune_models
 
 TINY = {"num_samples": 2, "max_epochs": 3, "grace_period": 1, "reduction_factor": 2}
 
 
 def test_concurrency_fits_the_cluster() -> None:
-    cfg = load_config("tune")
+    cfg = load_config(TuneConfig)
     # one whole CPU stays free for Ray Data's read tasks, after the trial actors' 0.01 CPU each
     assert plan_concurrency({"CPU": 2.0}, cfg) == (1, 0.5)
     n, per_worker = plan_concurrency({"CPU": 3.0}, cfg)
     assert n == 3 and n * (per_worker + 0.01) <= 2.0
     assert plan_concurrency({"CPU": 16.0}, cfg) == (14, 1.0)
-    gpu = load_config("tune", overrides={"gpus_per_trial": 0.5})
+    gpu = load_config(TuneConfig, overrides={"gpus_per_trial": 0.5})
     assert plan_concurrency({"CPU": 16.0, "GPU": 2.0}, gpu)[0] == 4
-    capped = load_config("tune", overrides={"max_concurrent": 1})
+    capped = load_config(TuneConfig, overrides={"max_concurrent": 1})
     assert plan_concurrency({"CPU": 16.0}, capped)[0] == 1
     with pytest.raises(ValueError, match="tune needs at least"):  # 1 CPU: nothing left for a worker
         plan_concurrency({"CPU": 1.0}, cfg)
 
 
 def test_grace_period_is_half_the_budget_unless_set() -> None:
-    cfg = load_config("tune")
+    cfg = load_config(TuneConfig)
     assert cfg.grace_period is None and grace_period(cfg) == cfg.max_epochs // 2 == 6
-    assert grace_period(load_config("tune", overrides={"max_epochs": 3})) == 2  # rounded up
-    assert grace_period(load_config("tune", overrides={"max_epochs": 3, "grace_period": 1})) == 1
+    assert grace_period(load_config(TuneConfig, overrides={"max_epochs": 3})) == 2  # rounded up
+    assert grace_period(load_config(TuneConfig, overrides={"max_epochs": 3, "grace_period": 1})) == 1
     with pytest.raises(ValueError, match="grace_period 7 must be between 1 and max_epochs 4"):
-        grace_period(load_config("tune", overrides={"max_epochs": 4, "grace_period": 7}))
+        grace_period(load_config(TuneConfig, overrides={"max_epochs": 4, "grace_period": 7}))
 
 
 def test_search_spaces_hold_the_tutorial_values() -> None:
-    cfg = load_config("tune")
+    cfg = load_config(TuneConfig)
     for model, space in cfg.search_spaces.items():
         assert space["lr"]["low"] <= 1e-4 <= space["lr"]["high"], model
         assert 32 in space["batch_size"]["values"] and space["dropout"]["low"] <= 0.3 <= space["dropout"]["high"]
@@ -57,8 +57,8 @@ def test_search_spaces_hold_the_tutorial_values() -> None:
 def test_tune_runs_to_completion_on_two_cpus(tmp_path: Path, ray_local) -> None:
     feats = tmp_path / "features"
     write_feature_table(feats)
-    cfg = load_config("tune", overrides={"models": ["ann", "cnn"], **TINY})
-    result = tune_models(str(feats), cfg, str(tmp_path / "out"), load_config("train"), verbose=0)
+    cfg = load_config(TuneConfig, overrides={"models": ["ann", "cnn"], **TINY})
+    result = tune_models(str(feats), cfg, str(tmp_path / "out"), verbose=0)
     trials = result.trials
     assert len(trials) == 4 and set(trials["model"]) == {"ann", "cnn"}
     assert trials["best_val_acc"].notna().all() and (trials["epochs"] >= 1).all()

@@ -37,7 +37,6 @@ from ray.data.datasource import Datasource, ReadTask
 from tqdm.auto import tqdm
 
 from raygenre import storage, workspace
-from raygenre.artifact import load_model
 from raygenre.config import FeatureParams, LabelConfig
 from raygenre.label.parts import (
     FORMATS,
@@ -52,7 +51,9 @@ from raygenre.label.parts import (
 )
 from raygenre.label.predict import Predictor, decode_batch, model_id
 from raygenre.label.scan import SCAN_BLOCK_ROWS, SCAN_SCHEMA, SCAN_SHARDS, library_root, scan_shard
-from raygenre.runtime import ensure_ray, progress_bars_wanted
+from raygenre.model.artifact import load_model
+from raygenre.runtime import ensure_ray
+from raygenre.workspace import progress_bars_wanted
 
 SCAN_CONCURRENCY = 2  # scan tasks running at once (they take no CPU slot: see _build_dataset)
 
@@ -158,7 +159,7 @@ def _build_dataset(root: str, cfg: LabelConfig, params: FeatureParams, model_dir
     # as a single block: a streaming repartition re-cuts the stream (without materialising it) into blocks of
     # SCAN_BLOCK_ROWS paths. Its tasks are short but take 1 CPU, hence the 1 CPU _pool_sizes keeps free.
     ds = ds.repartition(target_num_rows_per_block=SCAN_BLOCK_ROWS)
-    # A file that hangs or crashes its decoder fails alone inside the task (raygenre.decoder); a task dies only
+    # A file that hangs or crashes its decoder fails alone inside the task (raygenre.data.decoder); a task dies only
     # with its worker (killed, out of memory), and Ray Data runs it again.
     ds = ds.map_batches(decode_batch, fn_kwargs={"params": params, "count": cfg.segments_per_track,
                                                  "timeout_s": cfg.decode_timeout_s},

@@ -1,7 +1,7 @@
 """Decoding a batch of files into MFCC windows, and the model that turns them into one row per file.
 
 ``decode_batch`` (a Ray Data task) decodes each file's header and ``count`` evenly spread 3 s windows in the
-worker's decoder child (``raygenre.decoder``: a file that hangs or crashes its decoder fails alone) and computes
+worker's decoder child (``raygenre.data.decoder``: a file that hangs or crashes its decoder fails alone) and computes
 their MFCCs. ``Predictor`` (an actor: loads the model in ``__init__``, predicts in ``__call__``) averages the
 softmax over a file's windows. Every file that cannot be labelled gets an error row; nothing here raises for a
 bad file. Pure: no Ray.
@@ -9,7 +9,6 @@ bad file. Pure: no Ray.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import time
 from typing import Any
@@ -17,12 +16,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from raygenre import decoder, storage
-from raygenre.artifact import LoadedModel, load_model, weights_path
-from raygenre.audio import AudioError, info, load_windows
+from raygenre import storage
 from raygenre.config import FeatureParams
-from raygenre.features import MfccExtractor, frames_for, mfcc_of_segments, window_starts
+from raygenre.data import decoder
+from raygenre.data.audio import AudioError, info, load_windows
+from raygenre.data.mfcc import extractor, frames_for, mfcc_of_segments, window_starts
 from raygenre.label.parts import output_schema
+from raygenre.model.artifact import LoadedModel, load_model, weights_path
 
 
 def _errors(column: Any) -> list[str | None]:
@@ -30,17 +30,11 @@ def _errors(column: Any) -> list[str | None]:
     return [e if isinstance(e, str) else None for e in column]
 
 
-@functools.lru_cache(maxsize=4)
-def _extractor(params: FeatureParams) -> MfccExtractor:
-    """One MFCC transform per worker process (tasks reuse their worker process)."""
-    return MfccExtractor(params)
-
-
 def decode_file(path: str, params: FeatureParams, count: int, timeout_s: float = 0.0) -> tuple[np.ndarray, float]:
     """MFCC of up to ``count`` segments spread evenly across ``path``: ((k, frames, n_mfcc) float32, duration s).
 
     Only the windows are decoded where the format can seek. With ``timeout_s > 0`` the decoding runs in the
-    worker's decoder child (``raygenre.decoder``) and must finish within ``timeout_s`` seconds; 0 decodes
+    worker's decoder child (``raygenre.data.decoder``) and must finish within ``timeout_s`` seconds; 0 decodes
     in this process. Raises ``AudioError`` for unusable files, including a track shorter than one segment
     and a file that hangs or crashes its decoder.
     """
@@ -60,7 +54,7 @@ def decode_file(path: str, params: FeatureParams, count: int, timeout_s: float =
     if not full:
         raise _with_duration(AudioError(f"no full {params.segment_seconds:g} s segment could be decoded "
                                         f"(header says {duration:.2f} s; the data is shorter or damaged)"), duration)
-    return mfcc_of_segments(full, _extractor(params)), duration
+    return mfcc_of_segments(full, extractor(params)), duration
 
 
 def _with_duration(exc: AudioError, duration_s: float) -> AudioError:

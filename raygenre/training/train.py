@@ -43,6 +43,7 @@ Reproducibility
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import math
 import os
@@ -57,15 +58,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
+import ray.train
+import ray.train.torch
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.execution import context as train_context
+from ray.util.queue import Empty, Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raygenre import storage
-from raygenre.artifact import LEGACY, LoadedModel, save_model
 from raygenre.config import TrainConfig, to_dict
-from raygenre.evaluate import evaluate, plot_confusion, read_split_arrays, table_info
-from raygenre.models import MODELS, build_model, resolve_hparams
+from raygenre.data.table import FeatureTable, open_table, read_split_arrays
+from raygenre.model.artifact import LEGACY, LoadedModel, save_model
+from raygenre.model.networks import MODELS, build_model, resolve_hparams, unwrap
+from raygenre.runtime import ensure_ray
+from raygenre.training.evaluate import evaluate, plot_confusion
+from raygenre.workspace import home
 
 FAULT_ENV = "RAYGENRE_FAULT_KILL_EPOCH"
 STATE_FILE = "train_state.pt"
@@ -93,10 +106,33 @@ class TrainResult:
     synthetic: bool
     eval_check: dict[str, Any] = field(default_factory=dict)  # eval_mode_check(): eval vs train-mode accuracy
     extra: dict[str, Any] = field(default_factory=dict)
+    default_model_dir: str | None = None  # set when the model was also made `raygenre label`'s default
 
     @property
     def resumed_from_epoch(self) -> int | None:
         return self.resumed_from[-1] if self.resumed_from else None
+
+
+@dataclass
+class Prepared:
+    """What every trainer on one feature table needs (``prepare``'s result; ``raygenre tune`` shares it between
+    trials with ``for_trial``)."""
+
+    cfg: TrainConfig  # the effective config (tutorial defaults filled in)
+    table: FeatureTable  # the checked table; its manifest was read once, here
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]]  # {"train"|"val": (x float32 (N, frames, n_mfcc), y int64 (N,))}
+    loop_config: dict[str, Any]  # fit_loop's config; "data" is an ObjectRef of ``arrays`` once put in Ray
+    mean: np.ndarray  # float32 (n_mfcc,): per-coefficient mean over every frame of the train split
+    std: np.ndarray  # float32 (n_mfcc,)
+    counts: dict[str, int]  # segments per split
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.table.manifest
+
+    def for_trial(self, cfg: TrainConfig) -> Prepared:
+        """The same data (and statistics) with the trial's config ``cfg`` in the loop config."""
+        return dataclasses.replace(self, cfg=cfg, loop_config={**self.loop_config, **to_dict(cfg)})
 
 
 # ----------------------------------------------------------------------------------------------- driver side
@@ -136,8 +172,6 @@ def cpus_per_worker(workers: int) -> float:
     On a 2-CPU machine with 2 workers that is 0.5 each: workers that took every CPU would starve the read
     and shuffle tasks that feed them, and training would hang.
     """
-    import ray
-
     total = float(ray.cluster_resources().get("CPU", 1.0))
     spare = max(total - 1.0, total / 2)
     return max(0.01, min(1.0, math.floor(100 * spare / max(workers, 1)) / 100))
@@ -145,60 +179,48 @@ def cpus_per_worker(workers: int) -> float:
 
 def loop_config(cfg: TrainConfig, frames: int, n_mfcc: int, n_genres: int, mean: np.ndarray,
                 std: np.ndarray) -> dict[str, Any]:
-    """What ``fit_loop`` needs besides the data: the effective config, the shapes and the train statistics."""
-    return {
-        "model": cfg.model, "frames": frames, "n_mfcc": n_mfcc, "n_genres": n_genres,
-        "hidden": cfg.hidden, "dropout": cfg.dropout, "weight_decay": cfg.weight_decay, "lr": cfg.lr,
-        "batch_size": cfg.batch_size, "epochs": cfg.epochs, "min_epochs": cfg.min_epochs, "patience": cfg.patience,
-        "bn_momentum": cfg.bn_momentum, "bn_recompute": cfg.bn_recompute, "seed": cfg.seed,
-        "mean": mean.tolist(), "std": std.tolist(), "fault_kill_epoch": None, "fault_marker": None,
-    }
+    """What ``fit_loop`` needs besides the data: every field of the effective config (``to_dict``: no field is
+    spelled out twice), the shapes and the train statistics (plain lists: the config travels to the workers)."""
+    return {**to_dict(cfg), "frames": frames, "n_mfcc": n_mfcc, "n_genres": n_genres, "mean": mean.tolist(),
+            "std": std.tolist(), "fault_kill_epoch": None, "fault_marker": None}
 
 
-def prepare(features_dir: str, cfg: TrainConfig, *, put: bool = True) -> dict[str, Any]:
+def prepare(features_dir: str | FeatureTable, cfg: TrainConfig, *, put: bool = True) -> Prepared:
     """Check the feature table, read the train/val splits, compute the train statistics, build the loop config.
 
     The pieces every trainer on this table needs (``raygenre tune`` reuses them with ``build_trainer`` and
-    ``finish``). Returns a dict: ``cfg`` (effective TrainConfig), ``manifest`` (features.json), ``params``
-    (FeatureParams), ``arrays`` ({"train": (x, y), "val": (x, y)}: float32 (N, frames, n_mfcc), int64 (N,)),
-    ``loop_config`` (``fit_loop``'s config; with ``put``, ``loop_config["data"]`` is an ObjectRef of
-    ``arrays`` in Ray's object store, which every worker of every trial maps without a copy on its node),
-    ``mean``/``std`` (float32 (n_mfcc,)) and ``counts`` (segments per split).
+    ``finish``). ``features_dir`` may be an already opened ``FeatureTable`` (its manifest is not read again).
+    With ``put``, ``loop_config["data"]`` is an ObjectRef of the arrays in Ray's object store, which every worker
+    of every trial maps without a copy on its node.
     """
     cfg = effective_config(cfg)
-    manifest, params = table_info(features_dir)
-    arrays = {split: read_split_arrays(features_dir, split) for split in ("train", "val")}
+    table = open_table(features_dir)
+    arrays = {split: read_split_arrays(table, split) for split in ("train", "val")}
     counts = {split: len(y) for split, (_, y) in arrays.items()}
     for split, n in counts.items():
         if n < cfg.workers:
-            raise ValueError(f"{features_dir} has {n} {split} segments, fewer than the {cfg.workers} workers; "
+            raise ValueError(f"{table.dir} has {n} {split} segments, fewer than the {cfg.workers} workers; "
                              f"featurize with a {split} split (it needs at least one segment per worker)")
     if cfg.batch_size < cfg.workers:
         raise ValueError(f"batch_size {cfg.batch_size} is the global batch, split across the {cfg.workers} "
                          f"workers: it must be at least the number of workers")
     mean, std = load_stats(arrays["train"][0])
-    config = loop_config(cfg, int(manifest["frames"]), params.n_mfcc, len(manifest["genres"]), mean, std)
+    config = loop_config(cfg, table.frames, table.params.n_mfcc, len(table.genres), mean, std)
     if put:
-        import ray
-
         config["data"] = ray.put(arrays)
-    return {"cfg": cfg, "manifest": manifest, "params": params, "arrays": arrays, "loop_config": config,
-            "mean": mean, "std": std, "counts": counts}
+    return Prepared(cfg=cfg, table=table, arrays=arrays, loop_config=config, mean=mean, std=std, counts=counts)
 
 
-def build_trainer(prepared: dict[str, Any], cfg: TrainConfig, storage_path: str, name: str,
-                  callbacks: list[Any] | None = None, cpus: float | None = None) -> Any:
+def build_trainer(prepared: Prepared, cfg: TrainConfig, storage_path: str, name: str,
+                  callbacks: list[Any] | None = None, cpus: float | None = None) -> TorchTrainer:
     """A ``TorchTrainer`` for ``prepare``'s output; ``callbacks`` are Ray Train ``UserCallback``s (e.g. Tune's).
 
     ``cpus``: CPUs per worker on CPU runs (default ``cpus_per_worker``); GPU runs take 1 CPU + 1 GPU each.
     """
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     resources = {"CPU": 1.0, "GPU": 1.0} if cfg.gpu else {"CPU": cpus or cpus_per_worker(cfg.workers)}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=prepared["loop_config"],
+        train_loop_config=prepared.loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name,
@@ -218,11 +240,6 @@ def _progress_callback(fn: Callable[[dict[str, Any]], None]) -> tuple[Any, Calla
     Ray Train callbacks run in the controller actor, so the metrics travel through a Ray queue that a
     driver thread drains. Returns (callback, stop); ``stop()`` drains what is left and ends the thread.
     """
-    import ray
-    from ray.train import UserCallback
-    from ray.util.queue import Empty, Queue
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     # On the driver's node (like Ray Train's controller): a queue on another node would die with that node and
     # fail the run, although Ray Train replaces the workers of a lost node.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -257,16 +274,28 @@ def _progress_callback(fn: Callable[[dict[str, Any]], None]) -> tuple[Any, Calla
     def stop() -> None:
         done.set()
         thread.join(timeout=30)
-        import ray
-
         ray.kill(queue.actor)
 
     return Forward(queue), stop
 
 
-def _read_state(checkpoint: Any) -> dict[str, Any]:
-    with checkpoint.as_directory() as d:
-        return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+def read_checkpoint(checkpoint: ray.train.Checkpoint | str, out: str | None = None) -> dict[str, Any]:
+    """The saved dict of a training checkpoint: {"model", "optimizer", "state"} (``state``: ``fit_loop``'s).
+
+    ``checkpoint``: a Ray Train ``Checkpoint``, or a checkpoint folder's path. Tune reports that path inside the
+    run's filesystem, without a scheme (``bucket/prefix/train/...`` for an ``s3://`` run), so a path without a
+    scheme is read through ``out``'s filesystem (local when ``out`` is None or local).
+    """
+    if isinstance(checkpoint, str):
+        if storage.is_uri(checkpoint):
+            fs, inner = storage.resolve(checkpoint)
+        else:
+            fs, inner = storage.resolve(out or checkpoint)[0], checkpoint
+    else:
+        fs, inner = checkpoint.filesystem, checkpoint.path
+    with fs.open_input_stream(f"{inner.rstrip('/')}/{STATE_FILE}") as f:
+        data = f.read()
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def run_location(model: str, storage_path: str | None = None, name: str | None = None) -> tuple[str, str]:
@@ -274,8 +303,6 @@ def run_location(model: str, storage_path: str | None = None, name: str | None =
 
     Local paths are made absolute (Ray Train requires it); URIs are kept.
     """
-    from raygenre.workspace import home
-
     storage_path = storage_path or str(home() / "runs")
     if not storage.is_uri(storage_path):
         storage_path = str(Path(storage_path).expanduser().resolve())
@@ -294,24 +321,22 @@ def train(features_dir: str, cfg: TrainConfig, out_dir: str, *, storage_path: st
     """
     t0 = time.time()
     cfg = effective_config(cfg)  # fail fast: unknown model, unfinished or malformed table
-    table_info(features_dir)
+    table = open_table(features_dir)  # features.json: read once for the whole run
     with storage.open_output(out_dir, "model", overwrite=overwrite, legacy=LEGACY) as output:
-        return _train(features_dir, cfg, output, storage_path=storage_path, progress_callback=progress_callback,
+        return _train(table, cfg, output, storage_path=storage_path, progress_callback=progress_callback,
                       name=name, t0=t0)
 
 
-def _train(features_dir: str, cfg: TrainConfig, output: storage.Output, *, storage_path: str | None,
+def _train(table: FeatureTable, cfg: TrainConfig, output: storage.Output, *, storage_path: str | None,
            progress_callback: Callable[[dict[str, Any]], None] | None, name: str | None, t0: float) -> TrainResult:
     """``train`` once its output is claimed: the Ray Train run, then ``finish`` commits into ``output``."""
-    from raygenre.runtime import ensure_ray
-
     ensure_ray()
-    prepared = prepare(features_dir, cfg)
+    prepared = prepare(table, cfg)
     storage_path, run_name = run_location(cfg.model, storage_path, name)
     run_dir = storage.join(storage_path, run_name)
     fault = os.environ.get(FAULT_ENV)
     if fault:
-        prepared["loop_config"].update(fault_kill_epoch=int(fault),
+        prepared.loop_config.update(fault_kill_epoch=int(fault),
                                        fault_marker=storage.join(run_dir, ".fault-injected"))
     callbacks, stop = [], None
     if progress_callback is not None:
@@ -324,46 +349,44 @@ def _train(features_dir: str, cfg: TrainConfig, output: storage.Output, *, stora
             stop()
     if result.checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint (see {run_dir})")
-    state = _read_state(result.checkpoint)["state"]
-    return finish(features_dir, prepared, cfg, state, output.root, run_dir, t0, output=output)
+    state = read_checkpoint(result.checkpoint)["state"]
+    return finish(prepared, cfg, state, output.root, run_dir, t0, output=output)
 
 
-def best_model(prepared: dict[str, Any], cfg: TrainConfig, state: dict[str, Any]) -> LoadedModel:
+def best_model(prepared: Prepared, cfg: TrainConfig, state: dict[str, Any]) -> LoadedModel:
     """The best epoch's weights of a training ``state`` as an eval-mode model with the train statistics."""
-    manifest, params, loop = prepared["manifest"], prepared["params"], prepared["loop_config"]
-    genres = list(manifest["genres"])
-    model = build_model(cfg.model, loop["frames"], params.n_mfcc, len(genres), hidden=cfg.hidden,
+    params, genres = prepared.table.params, prepared.table.genres
+    model = build_model(cfg.model, prepared.table.frames, params.n_mfcc, len(genres), hidden=cfg.hidden,
                         dropout=cfg.dropout, bn_momentum=cfg.bn_momentum)
     model.load_state_dict(state["best_state"])
     hparams = {k: getattr(cfg, k) for k in ("hidden", "dropout", "weight_decay", "lr", "batch_size", "epochs",
                                              "min_epochs", "patience", "bn_momentum", "bn_recompute", "workers",
                                              "seed")}
     return LoadedModel(module=model.eval(), name=cfg.model, hparams=hparams, features=params, genres=genres,
-                       mean=torch.as_tensor(prepared["mean"]), std=torch.as_tensor(prepared["std"]),
-                       meta={"frames": loop["frames"]})
+                       mean=torch.as_tensor(prepared.mean), std=torch.as_tensor(prepared.std),
+                       meta={"frames": prepared.table.frames})
 
 
-def finish(features_dir: str, prepared: dict[str, Any], cfg: TrainConfig, state: dict[str, Any], out_dir: str,
-           run_dir: str, t0: float | None = None, *, output: storage.Output | None = None) -> TrainResult:
+def finish(prepared: Prepared, cfg: TrainConfig, state: dict[str, Any], out_dir: str, run_dir: str,
+           t0: float | None = None, *, output: storage.Output | None = None) -> TrainResult:
     """The training ``state`` (from the last checkpoint) -> its best weights -> test evaluation -> artifact in
     ``out_dir`` (committed into ``output`` when the caller holds it open); config.yaml, confusion.png and
     history.json (last: the run folder's finished marker) in ``run_dir``."""
-    manifest, loop = prepared["manifest"], prepared["loop_config"]
-    genres = list(manifest["genres"])
-    synthetic = bool(manifest.get("synthetic", False))
+    table = prepared.table
+    features_dir, genres, synthetic = table.dir, table.genres, table.synthetic
     loaded = best_model(prepared, cfg, state)
     model, hparams = loaded.module, loaded.hparams
-    test = evaluate(loaded, features_dir)
+    test = evaluate(loaded, table)
     best = next(r for r in state["history"] if r["epoch"] == state["best_epoch"])
-    check = eval_mode_check(loaded, *prepared["arrays"]["train"], train_acc=best["train_acc"], seed=cfg.seed)
+    check = eval_mode_check(loaded, *prepared.arrays["train"], train_acc=best["train_acc"], seed=cfg.seed)
     if check["warning"]:
         logging.getLogger(__name__).warning(check["warning"])
     metrics = {"test": {k: v for k, v in test.items() if k not in ("genres", "synthetic")},
                "best_epoch": state["best_epoch"], "val_loss": best["val_loss"], "val_acc": best["val_acc"],
                "train_acc": best["train_acc"], "train_eval_acc": check["train_eval_acc"],
                "epochs_run": len(state["history"]), "stopped_early": state["stopped_early"]}
-    save_model(out_dir, model, cfg.model, hparams, {**manifest["features"], "frames": loop["frames"]}, genres,
-               prepared["mean"], prepared["std"], metrics, synthetic,
+    save_model(out_dir, model, name=cfg.model, hparams=hparams, features=table.params, genres=genres,
+               mean=prepared.mean, std=prepared.std, metrics=metrics, synthetic=synthetic,
                extra={"features_dir": str(features_dir), "run_dir": str(run_dir)}, output=output)
     config = to_dict(cfg)
     storage.write_text_atomic(storage.join(run_dir, "config.yaml"), yaml.safe_dump(config, sort_keys=False))
@@ -378,7 +401,7 @@ def finish(features_dir: str, prepared: dict[str, Any], cfg: TrainConfig, state:
                        best_epoch=state["best_epoch"], stopped_early=state["stopped_early"],
                        resumed_from=list(state["resumed_from"]), test=test, config=config,
                        seconds=round(time.time() - (t0 or time.time()), 2), synthetic=synthetic,
-                       eval_check=check, extra={"segments": prepared["counts"]})
+                       eval_check=check, extra={"segments": prepared.counts})
 
 
 def eval_mode_check(model: LoadedModel, x: np.ndarray, y: np.ndarray, *, train_acc: float, seed: int = 0,
@@ -403,14 +426,7 @@ def eval_mode_check(model: LoadedModel, x: np.ndarray, y: np.ndarray, *, train_a
 
 
 # ----------------------------------------------------------------------------------------------- worker side
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain model inside DistributedDataParallel (what gets saved and regularised)."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
     return t
@@ -424,8 +440,6 @@ def _fault_hook(config: dict[str, Any], epoch: int, rank: int, world: int) -> Ca
 
     def kill(batch_index: int) -> None:
         if batch_index == 0:
-            import ray.train
-
             # Ray Train takes in a report when its controller next polls the workers; a worker dying before
             # that loses the last report. Wait until the previous epoch's checkpoint is committed, so the test
             # checks resuming from it rather than that race.
@@ -477,7 +491,7 @@ def run_epoch(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, rows: np.nda
     accuracy over the rows of ALL ranks (sums all-reduced).
     """
     training = optimizer is not None
-    net = model if training else _unwrap(model)  # evaluation needs no DDP gradient sync
+    net = model if training else unwrap(model)  # evaluation needs no DDP gradient sync
     net.train(training)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     with torch.set_grad_enabled(training):
@@ -487,7 +501,7 @@ def run_epoch(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, rows: np.nda
             if training:
                 total = loss
                 if config["weight_decay"]:
-                    total = total + config["weight_decay"] * _unwrap(model).l2_penalty()
+                    total = total + config["weight_decay"] * unwrap(model).l2_penalty()
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
@@ -558,11 +572,11 @@ def fit_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: di
                        mean, std, local_batch, optimizer=optimizer, on_batch=_fault_hook(config, epoch, rank, world))
         if config["bn_recompute"]:
             sample = bn_rows(len(ytr), config["seed"], epoch, rank, world)
-            recompute_batchnorm(_unwrap(model), xtr, sample, device, mean, std, 256, world)
+            recompute_batchnorm(unwrap(model), xtr, sample, device, mean, std, 256, world)
         va = run_epoch(model, xva, yva, val_rows, config, device, mean, std, max(local_batch, 256))
         if (va["acc"], -va["loss"]) > (state["best_val_acc"], -state["best_val_loss"]):
             state.update(best_val_acc=va["acc"], best_val_loss=va["loss"], best_epoch=epoch, bad_epochs=0,
-                         best_state={k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()})
+                         best_state={k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()})
         else:
             state["bad_epochs"] += 1
         state["stopped_early"] = (epoch >= config["min_epochs"] and state["bad_epochs"] >= config["patience"]
@@ -584,7 +598,7 @@ def new_model(config: dict[str, Any]) -> torch.nn.Module:
                        hidden=config["hidden"], dropout=config["dropout"], bn_momentum=config["bn_momentum"])
 
 
-def train_local(prepared: dict[str, Any], progress_callback: Callable[[dict[str, Any]], None] | None = None,
+def train_local(prepared: Prepared, progress_callback: Callable[[dict[str, Any]], None] | None = None,
                 device: str = "cpu") -> dict[str, Any]:
     """The single-process twin of ``train``'s Ray Train run: the same ``fit_loop`` in this process, no Ray.
 
@@ -592,23 +606,21 @@ def train_local(prepared: dict[str, Any], progress_callback: Callable[[dict[str,
     ``best_epoch``, ``best_state``, ...), which ``finish`` turns into an artifact like a Ray Train run's.
     One Ray Train worker with the same config gives the same numbers (tests hold them to it).
     """
-    config = prepared["loop_config"]
+    config = prepared.loop_config
     model = new_model(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    return fit_loop(model, optimizer, _fresh_state(), prepared["arrays"], config, torch.device(device),
+    return fit_loop(model, optimizer, _fresh_state(), prepared.arrays, config, torch.device(device),
                     progress_callback or (lambda _m: None))
 
 
 def _save_and_report(metrics: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      state: dict[str, Any], rank: int) -> None:
     """Every rank reports (it is a barrier); rank 0 attaches the checkpoint."""
-    import ray.train
-
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory() as d:
-        torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "state": state},
+        torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "state": state},
                    Path(d) / STATE_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
@@ -619,17 +631,11 @@ def _quiet_report_logs() -> None:
     Ray 2.60 logs it under a logger named after its source file, which ``LoggingConfig``'s ``ray.train``
     filter does not match; the driver prints its own epoch line instead.
     """
-    from ray.train.v2._internal.execution import context
-
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker: build, resume if a checkpoint exists, then ``fit_loop`` with a report per epoch."""
-    import ray
-    import ray.train
-    import ray.train.torch
-
     _quiet_report_logs()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -640,8 +646,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state = _fresh_state()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a replaced worker group: continue after the last reported epoch
-        saved = _read_state(checkpoint)
-        _unwrap(model).load_state_dict(saved["model"])
+        saved = read_checkpoint(checkpoint)
+        unwrap(model).load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
         state["resumed_from"].append(state["epoch"])

@@ -3,12 +3,7 @@
 Pipeline: discover tracks (driver, small) -> assign splits per track -> Ray Data ``from_items`` ->
 ``map_batches`` (decode, mono, resample, cut segments, torchaudio MFCC in batches) -> Parquet.
 
-Layout: ``OUT/features.json`` (the manifest, written last) names the committed attempt, and the table is
-``OUT/<attempt>/segments/*.parquet`` (``table_path`` resolves it; see ``storage.open_output``). Folders of the
-old layout (``OUT/segments`` beside a manifest without ``attempt``) still read.
-Table: one row per segment with ``track_id``, ``genre``, ``label`` (int32), ``segment`` (int32), ``split``,
-``mfcc`` (float32 tensor (frames, n_mfcc)). Plain pyarrow reads ``mfcc`` as a flat list column whose field
-metadata holds the shape; ``read_mfcc_table`` reshapes it.
+The table's layout, columns and readers are its contract, in ``raygenre.data.table``; this module writes it.
 
 Bad files never stop the run: each reject is recorded in the manifest with its reason. The table is written
 under a fresh attempt prefix and ``features.json`` is written last, so an interrupted run (on a local disk or
@@ -18,7 +13,6 @@ an object store) leaves nothing that reads as finished, and a rerun succeeds and
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from collections import Counter
@@ -26,22 +20,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+import ray
 
-from raygenre import __version__, decoder, storage
-from raygenre.audio import AudioError, load
+from raygenre import __version__, storage
 from raygenre.config import FeatureParams, FeaturizeConfig, to_dict
-from raygenre.features import MfccExtractor, cut_segments, mfcc_of_segments
-from raygenre.gtzan import DatasetError, assign_splits, discover
+from raygenre.data import decoder
+from raygenre.data.audio import AudioError, load
+from raygenre.data.gtzan import DatasetError, assign_splits, discover
+from raygenre.data.mfcc import cut_segments, mfcc_of_segments
+from raygenre.data.mfcc import extractor as _extractor  # one MFCC transform per worker process and parameter set
+from raygenre.data.table import MANIFEST, TABLE, read_manifest
+from raygenre.runtime import ensure_ray
 
-MANIFEST = "features.json"
-TABLE = "segments"  # the Parquet dataset's folder inside the output; the manifest sits beside it
 MIN_SEGMENTS_PER_TRACK = 1  # a track with no full segment is a reject ("too short")
-
-
-class FeatureMismatchError(ValueError):
-    """Features on disk were computed with parameters other than the ones required."""
 
 
 @dataclass
@@ -54,19 +45,13 @@ class FeaturizeResult:
     rejects: list[dict[str, str]] = field(default_factory=list)
 
 
-@functools.lru_cache(maxsize=4)
-def _extractor(params: FeatureParams) -> MfccExtractor:
-    """One MFCC transform per worker process and parameter set (tasks reuse their worker process)."""
-    return MfccExtractor(params)
-
-
 def featurize_batch(batch: dict[str, np.ndarray], params: FeatureParams, segments: int,
                     timeout_s: float = 0.0) -> dict[str, np.ndarray]:
     """Ray Data task: a batch of tracks -> one row per kept segment, or one placeholder row per rejected track.
 
     Placeholder rows carry the reject reason in ``error`` (and ``segment == -1``); they keep the block's
     columns uniform and are filtered out before writing. With ``timeout_s > 0`` each track decodes in the
-    worker's decoder child (``raygenre.decoder``): a track that hangs or crashes it is rejected alone.
+    worker's decoder child (``raygenre.data.decoder``): a track that hangs or crashes it is rejected alone.
     """
     p = params
     extractor = _extractor(params)
@@ -114,50 +99,6 @@ def _counts(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def read_manifest(features_dir: str) -> dict[str, Any]:
-    """Read ``features.json`` of a finished table; a clear error when the table is missing or unfinished."""
-    path = storage.join(features_dir, MANIFEST)
-    if not storage.exists(path):
-        raise FileNotFoundError(
-            f"{features_dir} is not a finished feature table (no {MANIFEST}). "
-            f"Run `raygenre featurize DATASET --out {features_dir}` first."
-        )
-    import json
-
-    return json.loads(storage.read_text(path))
-
-
-def check_features(manifest: dict[str, Any], expected: FeatureParams, what: str = "this model") -> None:
-    """Refuse features whose parameters differ from ``expected`` (e.g. a model trained on other MFCCs)."""
-    have = manifest.get("features", {})
-    want = dataclasses.asdict(expected)
-    diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
-    if diff:
-        details = ", ".join(f"{k}: table has {a!r}, {what} needs {b!r}" for k, (a, b) in diff.items())
-        raise FeatureMismatchError(f"feature parameters differ ({details}). Re-run `raygenre featurize` "
-                                   f"with matching options, or use a model trained on these features.")
-
-
-def table_path(features_dir: str, manifest: dict[str, Any] | None = None) -> str:
-    """The Parquet dataset of a finished feature folder (pass it to ``ray.data.read_parquet`` or pyarrow):
-    ``<attempt>/segments`` as its manifest says (read here unless given), ``segments`` for the old layout."""
-    if manifest is None:
-        manifest = read_manifest(features_dir)
-    return storage.committed_path(features_dir, manifest, TABLE)
-
-
-def read_mfcc_table(features_dir: str) -> tuple[pa.Table, np.ndarray]:
-    """Read the table with plain pyarrow (no Ray): (table without ``mfcc``, mfcc float32 (rows, frames, n_mfcc))."""
-    manifest = read_manifest(features_dir)
-    fs, inner = storage.resolve(table_path(features_dir, manifest))
-    table = pq.read_table(inner, filesystem=fs)
-    col = table.column("mfcc").combine_chunks()
-    flat = col.storage.flatten() if isinstance(col.type, pa.ExtensionType) else col.flatten()
-    shape = (manifest["frames"], manifest["features"]["n_mfcc"])
-    mfcc = flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(table), *shape)
-    return table.drop_columns(["mfcc"]), mfcc
-
-
 def tracks_per_task(tracks: int, most: int, cpus: float) -> int:
     """Tracks per decode + MFCC task: ``most``, or fewer when that would leave CPUs without work.
 
@@ -195,10 +136,6 @@ def featurize(dataset: str, out: str, cfg: FeaturizeConfig, *, address: str | No
 def _featurize(dataset: str, output: storage.Output, cfg: FeaturizeConfig, tracks: list[Any], genres: list[str],
                params_block: dict[str, Any], *, synthetic: bool, address: str | None, t0: float) -> FeaturizeResult:
     """The Ray Data pipeline of ``featurize``, writing into ``output`` (an attempt of the output folder)."""
-    import ray
-
-    from raygenre.runtime import ensure_ray
-
     root = str(dataset)
 
     split_of, excluded = assign_splits(tracks, cfg.split)

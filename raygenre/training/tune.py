@@ -25,13 +25,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-import torch
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator, Searcher
 
 from raygenre import storage, workspace
 from raygenre.config import TrainConfig, TuneConfig, to_dict
-from raygenre.train import STATE_FILE, build_trainer, effective_config, finish, prepare
+from raygenre.data.table import open_table
+from raygenre.model.artifact import copy_model, set_default_model
+from raygenre.runtime import ensure_ray
+from raygenre.training.train import Prepared, build_trainer, effective_config, finish, prepare, read_checkpoint
 
 HPARAMS = ("lr", "batch_size", "dropout", "weight_decay", "hidden")
+TUNE_DONE = "tune.json"  # written last by tune_models: the search is finished
+TUNE_NAMES = {"tune", "train", "models", "trials.csv", "trials.parquet", TUNE_DONE}  # what a tune run writes in OUT
 TRIAL_CPU = 0.01  # what a trial actor itself asks for; its Train workers hold the real resources
 
 
@@ -51,9 +59,7 @@ class TuneResult:
 
 
 def search_space(spec: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``configs/tune.yaml`` ranges -> Ray Tune sampling objects."""
-    from ray import tune
-
+    """``raygenre/configs/tune.yaml`` ranges -> Ray Tune sampling objects."""
     space: dict[str, Any] = {}
     for name, s in spec.items():
         kind = s["type"]
@@ -97,19 +103,17 @@ def make_search_alg(name: str, seed: int, max_concurrent: int, points: list[dict
     and two trials on a 2-CPU machine deadlock.
     """
     if name == "random":
-        from ray.tune.search import BasicVariantGenerator
-
         return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent, points_to_evaluate=points)
     if name == "optuna":
         try:
-            from ray.tune.search.optuna import OptunaSearch
+            from ray.tune.search.optuna import OptunaSearch  # optional package: imported only when chosen
 
             return OptunaSearch(seed=seed, points_to_evaluate=points)
         except ImportError as exc:
             raise ValueError("search_alg optuna needs the optuna package: pip install optuna") from exc
     if name == "hyperopt":
         try:
-            from ray.tune.search.hyperopt import HyperOptSearch
+            from ray.tune.search.hyperopt import HyperOptSearch  # optional package: imported only when chosen
 
             return HyperOptSearch(random_state_seed=seed, points_to_evaluate=points)
         except ImportError as exc:
@@ -148,20 +152,12 @@ def _trial_cfg(base: TrainConfig, config: dict[str, Any]) -> TrainConfig:
     return effective_config(dataclasses.replace(base, **{k: config[k] for k in HPARAMS if k in config}))
 
 
-def _trial_prepared(prepared: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
-    loop = {**prepared["loop_config"], **{k: getattr(cfg, k) for k in HPARAMS}}
-    return {**prepared, "loop_config": loop, "cfg": cfg}
-
-
-def run_trial(config: dict[str, Any], prepared: dict[str, Any], base: TrainConfig, train_storage: str,
+def run_trial(config: dict[str, Any], prepared: Prepared, base: TrainConfig, train_storage: str,
               cpus_per_worker: float, gpus_per_worker: float) -> None:
     """The Tune function trainable: one ``TorchTrainer`` run whose epoch reports reach Tune."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     cfg = _trial_cfg(base, config)
     trial_id = tune.get_context().get_trial_id()
-    trainer = build_trainer(_trial_prepared(prepared, cfg), cfg, train_storage, name=f"trial-{trial_id}",
+    trainer = build_trainer(prepared.for_trial(cfg), cfg, train_storage, name=f"trial-{trial_id}",
                             callbacks=[TuneReportCallback()], cpus=cpus_per_worker)
     if gpus_per_worker and cfg.gpu:
         trainer.scaling_config.resources_per_worker["GPU"] = gpus_per_worker
@@ -192,57 +188,59 @@ def trial_table(model: str, results: Any, max_epochs: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _read_checkpoint_state(checkpoint_path: str, out: str) -> dict[str, Any]:
-    """The training state in a trial's checkpoint. Tune reports ``checkpoint_path`` inside the run's filesystem,
-    without a scheme (``bucket/prefix/train/...`` for an ``s3://`` ``out``), so it is read through ``out``'s."""
-    import io
-
-    if storage.is_uri(checkpoint_path):
-        data = storage.read_bytes(storage.join(checkpoint_path, STATE_FILE))
-    else:
-        fs, _ = storage.resolve(out)
-        with fs.open_input_stream(f"{checkpoint_path.rstrip('/')}/{STATE_FILE}") as f:
-            data = f.read()
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)["state"]
-
-
-def _copy_dir(src: str, dest: str) -> None:
-    """Copy a model folder (local or URI) so that ``dest`` appears whole (``artifact.copy_model``); ``dest``
-    is raygenre's own (OUT/models/best, the workspace default), so a model there is replaced."""
-    from raygenre.artifact import copy_model
-
-    copy_model(src, dest, overwrite=True)
+def check_tune_out(out: str, *, resume: bool, overwrite: bool) -> None:
+    """Refuse a tune ``out`` that is a file, holds something other than a raygenre tune run, or holds a finished
+    search (unless ``resume`` or ``overwrite``). Raises ``storage.OutputExistsError``."""
+    fs, inner = storage.resolve(out)
+    info = fs.get_file_info(inner)
+    if info.type == storage.pafs.FileType.NotFound:
+        return
+    if info.type != storage.pafs.FileType.Directory:
+        raise storage.OutputExistsError(f"{out} is a file; --out must be a folder.")
+    names = {i.base_name for i in fs.get_file_info(storage.pafs.FileSelector(inner))}
+    foreign = sorted(names - TUNE_NAMES - {storage.LEASE})
+    if foreign:
+        raise storage.OutputExistsError(
+            f"{out} already exists and is not a raygenre tune run (it holds {', '.join(foreign[:3])}). raygenre "
+            f"never deletes what it did not write: choose a new or empty folder for --out.")
+    if TUNE_DONE in names and not (resume or overwrite):
+        raise storage.OutputExistsError(f"{out} already holds a finished raygenre tune run. Pass --overwrite to "
+                                        f"search again there, or choose another --out.")
 
 
-def tune_models(features_dir: str, cfg: TuneConfig, out: str, base: TrainConfig, *, resume: bool = False,
+def tune_run_dir(resume: bool) -> str:
+    """The default tune ``out``: with ``resume``, the workspace's latest ``runs/tune-*``; else a new one."""
+    runs = sorted((workspace.home() / "runs").glob("tune-*")) if resume else []
+    return str(runs[-1]) if runs else str(workspace.new_run_dir("tune"))
+
+
+def tune_models(features_dir: str, cfg: TuneConfig, out: str, *, resume: bool = False,
                 address: str | None = None, set_default: bool = True, verbose: int = 1) -> TuneResult:
     """Search every model in ``cfg.models``; export the best of each and the overall best. See module doc.
+
+    Trials start from ``cfg.train`` (the train config nested in the tune config), with model, epochs, workers,
+    gpu and seed set from ``cfg`` and the searched hyperparameters from the space.
 
     ``out`` (local path or URI all nodes share) holds ``tune/<model>`` (Tune's experiment folders: trial
     results, TensorBoard events), ``train/`` (each trial's Ray Train checkpoints), ``models/``,
     ``trials.csv`` and ``trials.parquet``. ``resume`` continues an interrupted search in the same ``out``.
     """
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import Searcher
-
-    from raygenre.runtime import ensure_ray
-
     t0 = time.time()
+    base = cfg.train
     grace = grace_period(cfg)
     resources = ensure_ray(address)
     concurrent, per_worker = plan_concurrency(resources, cfg)
     gpus_per_worker = cfg.gpus_per_trial / cfg.workers_per_trial if cfg.gpus_per_trial > 0 else 0.0
     tables, best, prepared_by_model = [], {}, {}
-    synthetic = False
+    feature_table = open_table(features_dir)  # features.json: read once for the whole search
+    synthetic = feature_table.synthetic
     for model in cfg.models:
         if model not in cfg.search_spaces:
             raise ValueError(f"no search space for model {model!r} in the tune config")
         mbase = dataclasses.replace(base, model=model, epochs=cfg.max_epochs, workers=cfg.workers_per_trial,
                                     gpu=cfg.gpus_per_trial > 0, seed=cfg.seed)
-        prepared = prepare(features_dir, mbase)
+        prepared = prepare(feature_table, mbase)
         prepared_by_model[model] = prepared
-        synthetic = bool(prepared["manifest"].get("synthetic", False))
         experiments = storage.join(out, "tune")
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, prepared=prepared, base=mbase, train_storage=storage.join(out, "train"),
@@ -279,9 +277,9 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, base: TrainConfig,
         # highest validation accuracy; ties go to the lower validation loss
         top = ok.sort_values(["best_val_acc", "best_val_loss"], ascending=[False, True]).iloc[0]
         tcfg = _trial_cfg(mbase, top.to_dict())
-        state = _read_checkpoint_state(top["checkpoint_path"], out)
+        state = read_checkpoint(top["checkpoint_path"], out)["state"]
         model_dir = storage.join(out, "models", model)
-        res = finish(features_dir, _trial_prepared(prepared, tcfg), tcfg, state, model_dir,
+        res = finish(prepared.for_trial(tcfg), tcfg, state, model_dir,
                      storage.join(out, "train", f"trial-{top['trial_id']}"), t0)
         best[model] = {"trial_id": top["trial_id"], **{k: top[k] for k in HPARAMS}, "val_loss": top["best_val_loss"],
                        "val_acc": top["best_val_acc"], "epochs": int(top["epochs"]), "model_dir": model_dir,
@@ -292,12 +290,13 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, base: TrainConfig,
     trials.to_parquet(inner, filesystem=fs, index=False)
     winner = max(best, key=lambda m: (best[m]["val_acc"], -best[m]["val_loss"]))
     best_dir = storage.join(out, "models", "best")
-    _copy_dir(best[winner]["model_dir"], best_dir)
+    # Both destinations are raygenre's own (OUT/models/best, the workspace default): a model there is replaced.
+    copy_model(best[winner]["model_dir"], best_dir, overwrite=True)
     default_dir = str(workspace.default_model_dir())
     if set_default:
-        _copy_dir(best[winner]["model_dir"], default_dir)
+        set_default_model(best[winner]["model_dir"])
     summary = {"best_model": winner, "best": best, "config": to_dict(cfg), "synthetic": synthetic,
                "features_dir": str(features_dir), "default_model_dir": default_dir if set_default else None}
-    storage.write_json_atomic(storage.join(out, "tune.json"), summary)
+    storage.write_json_atomic(storage.join(out, TUNE_DONE), summary)
     return TuneResult(out=out, trials=trials, best=best, best_model=winner, best_model_dir=best_dir,
                       default_model_dir=default_dir, synthetic=synthetic, seconds=round(time.time() - t0, 1))

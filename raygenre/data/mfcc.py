@@ -9,6 +9,8 @@ batch clamps ``top_db`` per signal, while a ``(B, T)`` batch would share one cla
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torchaudio
@@ -49,6 +51,12 @@ class MfccExtractor:
             x = x[None]
         out = self.transform(x[:, None, :])  # (B, 1, n_mfcc, frames): one top_db clamp per signal
         return out[:, 0].transpose(1, 2).contiguous().cpu().numpy()  # (B, frames, n_mfcc)
+
+
+@functools.lru_cache(maxsize=4)
+def extractor(params: FeatureParams) -> MfccExtractor:
+    """The MFCC transform for ``params``, built once per process (Ray tasks reuse their worker process)."""
+    return MfccExtractor(params)
 
 
 def frames_for(samples: int, params: FeatureParams) -> int:

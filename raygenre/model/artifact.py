@@ -30,9 +30,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from raygenre import __version__, storage
-from raygenre.config import FeatureParams
-from raygenre.models import MODELS, build_model
+from raygenre import __version__, storage, workspace
+from raygenre.config import ConfigError, FeatureParams
+from raygenre.model.networks import MODELS, build_model, unwrap
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
@@ -95,17 +95,13 @@ class LoadedModel:
         return torch.cat(probs).cpu().numpy()
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
-
-
 # Top-level files of the old layout that a new commit makes stale (evaluate wrote the last two beside the model).
 LEGACY = (WEIGHTS, "metrics.json", "confusion.png")
 
 
-def save_model(dir: str, model: nn.Module, name: str, hparams: dict[str, Any], features: dict[str, Any],
-               genres: list[str], mean: Any, std: Any, metrics: dict[str, Any], synthetic: bool, *,
-               extra: dict[str, Any] | None = None, overwrite: bool = True,
+def save_model(dir: str, model: nn.Module, *, name: str, hparams: dict[str, Any],
+               features: FeatureParams | dict[str, Any], genres: list[str], mean: Any, std: Any,
+               metrics: dict[str, Any], synthetic: bool, extra: dict[str, Any] | None = None, overwrite: bool = True,
                output: storage.Output | None = None) -> None:
     """Write the artifact folder ``dir`` (local path or URI) atomically.
 
@@ -113,19 +109,26 @@ def save_model(dir: str, model: nn.Module, name: str, hparams: dict[str, Any], f
     ``storage.OutputExistsError``). ``output``: an already opened ``storage.open_output(dir, "model")`` to
     write into and commit (a caller that held the output for a whole training run), else one is opened here.
 
-    ``features``: the feature table's FeatureParams fields (a ``frames`` key may be included; it must agree).
+    Every parameter after ``model`` is keyword-only. ``features``: the feature table's ``FeatureParams``, or its
+    fields as a dict (a ``frames`` key may be included; it must agree). ``mean``/``std``: the train split's
+    per-coefficient statistics, (n_mfcc,).
     ``hparams`` must hold ``hidden`` and ``dropout`` (used to rebuild the network). ``model`` may be wrapped in
     DistributedDataParallel. ``extra``: more model.json keys (e.g. ``features_dir``); they cannot replace
     the keys above.
     """
     if name not in MODELS:
         raise ArtifactError(f"unknown model name {name!r}; expected one of {', '.join(MODELS)}")
-    fields = {f.name for f in dataclasses.fields(FeatureParams)}
-    params = FeatureParams(**{k: v for k, v in features.items() if k in fields})
-    frames = int(features.get("frames", params.frames))
+    if isinstance(features, FeatureParams):
+        params, frames = features, features.frames
+    else:
+        try:
+            params = FeatureParams.from_dict(features)
+        except ConfigError as exc:
+            raise ArtifactError(str(exc)) from None
+        frames = int(features.get("frames", params.frames))
     if frames != params.frames:
         raise ArtifactError(f"features say frames={frames} but the parameters give {params.frames}")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     if NORM_MEAN in tensors or NORM_STD in tensors:
         raise ArtifactError(f"the model's state dict already has {NORM_MEAN}/{NORM_STD} entries")
     tensors[NORM_MEAN] = torch.as_tensor(np.asarray(mean, dtype=np.float32)).reshape(-1).contiguous()
@@ -200,6 +203,14 @@ def copy_model(src: str, dest: str, *, overwrite: bool = True) -> None:
         out.commit({k: v for k, v in meta.items() if k != "attempt"})
 
 
+def set_default_model(src: str) -> str:
+    """Copy the model at ``src`` to the workspace's default model (what `raygenre label` uses without
+    ``--model``), replacing the one there (raygenre's own folder); returns the default model's folder."""
+    dest = str(workspace.default_model_dir())
+    copy_model(src, dest, overwrite=True)
+    return dest
+
+
 def _read_tensors(path: str) -> dict[str, torch.Tensor]:
     data = storage.read_bytes(path)
     try:
@@ -253,8 +264,8 @@ def check_meta(meta: Any, where: str) -> tuple[str, FeatureParams, list[str], di
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 600:
         raise ArtifactError(f"{where}: features.segment_seconds must be a number of seconds in (0, 600], "
                             f"got {seconds!r}")
-    features = FeatureParams(sample_rate=sr, n_mfcc=n_mfcc, n_fft=n_fft, hop_length=hop, n_mels=n_mels,
-                             segment_seconds=float(seconds))
+    features = FeatureParams.from_dict({"sample_rate": sr, "n_mfcc": n_mfcc, "n_fft": n_fft, "hop_length": hop,
+                                        "n_mels": n_mels, "segment_seconds": float(seconds)}, f"{where}: features")
     frames = _int(meta.get("frames", features.frames), f"{where}: frames", 1)
     if frames != features.frames:
         raise ArtifactError(f"{where}: frames is {frames} but the feature parameters give {features.frames}")

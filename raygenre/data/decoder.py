@@ -2,7 +2,7 @@
 
 libsndfile and ffmpeg are C code. A crafted file can make them loop forever or kill the process they run in,
 and no Python-level timeout can interrupt a C loop. So the Ray task that decodes a batch does not decode
-itself: it hands one file at a time to a long-lived child process (``python -m raygenre.decoder``) and waits
+itself: it hands one file at a time to a long-lived child process (``python -m raygenre.data.decoder``) and waits
 at most ``timeout_s`` for the answer. A child that does not answer in time is killed with its whole process
 group (ffmpeg included); a child that dies is noticed by the closed pipe. Either way that file gets an
 ``AudioError`` that says so, a fresh child starts, and the rest of the batch goes on.
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from raygenre.audio import AudioError
+from raygenre.data.audio import AudioError
 
 FAULTS_ENV = "RAYGENRE_TEST_DECODER_FAULTS"
 _HEADER = 8  # bytes: little-endian length of the pickled message that follows
@@ -55,13 +55,13 @@ class Decoder:
     def _start(self) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
         # the child must import this very raygenre, wherever the worker found it (a Ray working_dir, a venv)
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         # Large answers (decoded windows: MBs) go through a memory file both processes hold, not the pipe: through
         # the pipe a 2.6 MB answer took 10 ms, a third of a file's decode (bench/decoder.py).
         self.shared = os.memfd_create("raygenre-decoder") if hasattr(os, "memfd_create") else None
         extra = [] if self.shared is None else [str(self.shared)]
-        return subprocess.Popen([sys.executable, "-m", "raygenre.decoder", *extra], stdin=subprocess.PIPE,
+        return subprocess.Popen([sys.executable, "-m", "raygenre.data.decoder", *extra], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env=env, start_new_session=True,
                                 pass_fds=() if self.shared is None else (self.shared,))
 

@@ -12,7 +12,7 @@ Faithful to the Keras originals where it matters:
   Keras ``"same"`` max-pooling and Keras' BatchNorm ``epsilon=1e-3``. BatchNorm momentum is PyTorch's 0.1 by
   default (``bn_momentum``; Keras' 0.99 is 0.01 here): with 0.01 the running statistics need hundreds of steps
   to forget their initial values, and the eval-mode CNN sat at chance on small tables. Training recomputes
-  the statistics over the train split anyway (``raygenre.train.recompute_batchnorm``);
+  the statistics over the train split anyway (``raygenre.training.train.recompute_batchnorm``);
 * L2 regularisation as the tutorial wrote it (``kernel_regularizer=l2(wd)``): ``wd * sum(w**2)`` over the
   kernels of the hidden dense layers, added to the loss (``l2_penalty``), not decoupled AdamW decay.
 """
@@ -200,6 +200,12 @@ def resolve_hparams(name: str, hidden: int | None, weight_decay: float | None) -
     d = TUTORIAL_DEFAULTS[name]
     return (int(d["hidden"]) if hidden is None else int(hidden),
             float(d["weight_decay"]) if weight_decay is None else float(weight_decay))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside a wrapper that holds it as ``.module`` (DistributedDataParallel): what gets saved
+    and regularised."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
 def count_parameters(model: nn.Module, trainable: bool = True) -> int:

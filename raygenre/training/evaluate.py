@@ -3,65 +3,38 @@
 A *segment* is one MFCC window (3 s by default); a *track*'s prediction is the argmax of the mean of its
 segments' probabilities. The confusion matrices have true genres as rows and predicted genres as columns.
 
-Also the feature-table readers shared with training (``table_info``, ``read_split``): they check the
-manifest and the table's MFCC shape, and read with Ray Data's V1 Parquet reader (see ``read_split``).
+The feature table's contract (manifest, checks, pyarrow readers) is ``raygenre.data.table``; ``read_split``
+here is its Ray Data reader, used by ``evaluate``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import io
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import ray
+import ray.data
+from matplotlib.figure import Figure
+from ray.data.expressions import col
 
 from raygenre import storage
-from raygenre.config import FeatureParams
-from raygenre.featurize import FeatureMismatchError, check_features, read_manifest, table_path
-
-if TYPE_CHECKING:  # pragma: no cover
-    import ray.data
-
-    from raygenre.artifact import LoadedModel
-
-SPLITS = ("train", "val", "test")
+from raygenre.data.table import SPLITS, FeatureMismatchError, FeatureTable, check_features, open_table
+from raygenre.model.artifact import LoadedModel
+from raygenre.runtime import ensure_ray
 
 
-def table_info(features_dir: str) -> tuple[dict[str, Any], FeatureParams]:
-    """(manifest, FeatureParams) of a finished feature table; clear errors when it is unfinished or malformed."""
-    manifest = read_manifest(features_dir)  # FileNotFoundError: "not a finished feature table ... featurize"
-    missing = [k for k in ("features", "frames", "genres") if k not in manifest]
-    if missing:
-        raise FeatureMismatchError(f"{features_dir}/features.json lacks {missing}: not a feature table written by "
-                                   f"this raygenre; re-run `raygenre featurize`")
-    names = {f.name for f in dataclasses.fields(FeatureParams)}
-    got = manifest["features"]
-    if not isinstance(got, dict) or set(got) != names:
-        raise FeatureMismatchError(f"{features_dir}/features.json has feature parameters {sorted(got)}, expected "
-                                   f"{sorted(names)}; re-run `raygenre featurize`")
-    params = FeatureParams(**got)
-    if int(manifest["frames"]) != params.frames:
-        raise FeatureMismatchError(f"{features_dir}/features.json says frames={manifest['frames']} but its "
-                                   f"parameters give {params.frames}; re-run `raygenre featurize`")
-    if not manifest["genres"]:
-        raise FeatureMismatchError(f"{features_dir}/features.json lists no genres")
-    return manifest, params
-
-
-def read_split(features_dir: str, split: str, columns: list[str] | None = None) -> ray.data.Dataset:
+def read_split(features_dir: str | FeatureTable, split: str, columns: list[str] | None = None) -> ray.data.Dataset:
     """The rows of one split as a lazy Ray Dataset (optionally only ``columns``).
 
     Uses Ray Data's V1 Parquet reader: in Ray 2.60 the default V2 reader starts 32 footer-reader actors on
     every execution (about 3-10 s per epoch on a small machine); V1 reads the same table in ~0.2 s.
     Checks that the stored MFCC shape is the manifest's (frames, n_mfcc).
     """
-    import ray.data
-    from ray.data.expressions import col
-
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-    manifest, params = table_info(features_dir)
-    fs, inner = storage.resolve(table_path(features_dir, manifest))
+    table = open_table(features_dir)
+    fs, inner = storage.resolve(table.path)
     ctx = ray.data.DataContext.get_current()
     previous = ctx.use_datasource_v2
     ctx.use_datasource_v2 = False  # decided when the read is planned, so restoring right after is safe
@@ -69,39 +42,9 @@ def read_split(features_dir: str, split: str, columns: list[str] | None = None) 
         ds = ray.data.read_parquet(inner, filesystem=fs)
     finally:
         ctx.use_datasource_v2 = previous
-    mfcc_type = ds.schema().base_schema.field("mfcc").type
-    shape = tuple(getattr(mfcc_type, "shape", ()) or ())
-    want = (int(manifest["frames"]), params.n_mfcc)
-    if shape and shape != want:
-        raise FeatureMismatchError(f"{features_dir}: the table's mfcc is {shape} but features.json says {want}; "
-                                   f"the table is damaged or mixed: re-run `raygenre featurize --overwrite`")
+    table.check_mfcc_shape(ds.schema().base_schema.field("mfcc").type)
     ds = ds.filter(expr=col("split") == split)
     return ds.select_columns(columns) if columns else ds
-
-
-def read_split_arrays(features_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """One split in memory, read with plain pyarrow (no Ray): mfcc float32 (N, frames, n_mfcc), label int64 (N,).
-
-    Rows keep the table's order. Training holds its train and val splits this way: a GTZAN-size table is
-    ~70 MB, and a fresh uniform permutation of the train split every epoch needs random access to its rows.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-    manifest, params = table_info(features_dir)
-    fs, inner = storage.resolve(table_path(features_dir, manifest))
-    table = pq.read_table(inner, filesystem=fs, columns=["mfcc", "label"], filters=[("split", "==", split)])
-    col = table.column("mfcc").combine_chunks()
-    shape = tuple(getattr(col.type, "shape", ()) or ())
-    want = (int(manifest["frames"]), params.n_mfcc)
-    if shape and shape != want:
-        raise FeatureMismatchError(f"{features_dir}: the table's mfcc is {shape} but features.json says {want}; "
-                                   f"the table is damaged or mixed: re-run `raygenre featurize --overwrite`")
-    flat = col.storage.flatten() if isinstance(col.type, pa.ExtensionType) else col.flatten()
-    x = flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(table), *want)
-    return x, table.column("label").to_numpy().astype(np.int64)
 
 
 def score(probs: np.ndarray, labels: np.ndarray, track_ids: np.ndarray | list[str], n_classes: int) -> dict[str, Any]:
@@ -150,28 +93,28 @@ def macro_f1(cm: np.ndarray) -> float:
     return float((2 * tp[present] / (2 * tp[present] + fp[present] + fn[present])).mean())
 
 
-def evaluate(model: LoadedModel, features_dir: str, split: str = "test", batch_size: int = 512) -> dict[str, Any]:
+def evaluate(model: LoadedModel, features_dir: str | FeatureTable, split: str = "test",
+             batch_size: int = 512) -> dict[str, Any]:
     """Score ``model`` on one split of a feature table (streamed with Ray Data, inference on this process).
 
     Refuses a table whose feature parameters or genre list differ from the model's. Returns ``score``'s dict
     plus ``split``, ``genres`` and ``synthetic``.
     """
-    from raygenre.runtime import ensure_ray
-
-    manifest, _ = table_info(features_dir)
+    table = open_table(features_dir)
+    manifest = table.manifest
     check_features(manifest, model.features, what="the model")
     if list(manifest["genres"]) != list(model.genres):
         raise FeatureMismatchError(f"the table's genres {manifest['genres']} differ from the model's "
                                    f"{model.genres}; evaluate on a table of the same genres")
     ensure_ray()
-    ds = read_split(features_dir, split, ["track_id", "label", "mfcc"])
+    ds = read_split(table, split, ["track_id", "label", "mfcc"])
     probs, labels, tracks = [], [], []
     for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
         probs.append(model.predict_proba(batch["mfcc"]))
         labels.append(np.asarray(batch["label"]))
         tracks.append(np.asarray(batch["track_id"]))
     if not probs:
-        raise ValueError(f"{features_dir} has no {split} segments to evaluate on")
+        raise ValueError(f"{table.dir} has no {split} segments to evaluate on")
     out = score(np.concatenate(probs), np.concatenate(labels), np.concatenate(tracks), len(model.genres))
     return {"split": split, **out, "genres": list(model.genres), "synthetic": bool(manifest.get("synthetic"))}
 
@@ -182,17 +125,13 @@ def plot_confusion(cm: Any, genres: list[str], path: str, title: str, *, synthet
     ``synthetic=True`` appends "(synthetic data)" to the title, so a figure never passes for real results.
     Returns the title used.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cm = np.asarray(cm)
     n = len(genres)
     if synthetic and "synthetic" not in title.lower():
         title = f"{title} (synthetic data)"
     size = max(4.0, 0.6 * n + 2.0)
-    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    fig = Figure(figsize=(size + 1.0, size))  # no pyplot: no global figure state, no GUI backend to pick
+    ax = fig.subplots()
     im = ax.imshow(cm, cmap="Blues")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_xticks(range(n), labels=genres, rotation=45, ha="right")
@@ -208,6 +147,5 @@ def plot_confusion(cm: Any, genres: list[str], path: str, title: str, *, synthet
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
     storage.write_bytes_atomic(path, buf.getvalue())
     return title

@@ -1,0 +1,1 @@
+"""Audio -> MFCC -> the feature table: decoding, MFCC, dataset discovery, the table contract, featurize, synth."""

@@ -1,0 +1,1 @@
+"""Ray Train training, Ray Tune search and evaluation on a feature table."""
