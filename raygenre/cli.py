@@ -35,7 +35,7 @@ app = typer.Typer(
     "train and tune the tutorial's ANN/CNN/LSTM on Ray Train/Tune, and label whole audio libraries.\n\n"
     "Quick start:  raygenre tune   then   raygenre label /path/to/music",
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     add_completion=False,
     pretty_exceptions_enable=False,
 )
@@ -114,7 +114,7 @@ def synth(
                                           f"recipe (default: {SYNTH.difficulty})."),
     config: Path | None = typer.Option(None, help=CONFIG_HELP),
 ) -> None:
-    """Write the built-in SYNTHETIC dataset: OUT_DIR/genres_original/<genre>/<genre>.000NN.wav.
+    """Write the built-in SYNTHETIC dataset: `OUT_DIR/genres_original/<genre>/<genre>.000NN.wav`.
 
     Ten GTZAN genres, 22050 Hz mono 16-bit WAV, procedurally generated (drums, harmony, timbre and tempo drawn
     per track from overlapping per-genre ranges). It is NOT real music: use it to try the pipeline, and
@@ -131,8 +131,8 @@ def synth(
 @app.command()
 @friendly_errors
 def featurize(
-    dataset: str | None = typer.Argument(None, help="Dataset root: holds genres_original/<genre>/*.wav, "
-                                         "genres/<genre>/*.au, or <genre>/<files>. Default: the built-in "
+    dataset: str | None = typer.Argument(None, help="Dataset root: holds `genres_original/<genre>/*.wav`, "
+                                         "`genres/<genre>/*.au`, or `<genre>/<files>`. Default: the built-in "
                                          "synthetic dataset."),
     out: str = typer.Option(..., "--out", "-o", help="Output folder (local path or s3://, gs://, file:// URI)."),
     segments: int | None = typer.Option(None, help="Segments cut from each track, back to back "
@@ -196,7 +196,7 @@ def label(
 
     Each file gives --segments-per-track windows spread across it (only those are decoded where the format
     can seek, so hour-long mixes are cheap); the model runs in a pool of Ray actors. Rows: path, genre,
-    confidence, p_<genre> for every genre, duration_s, segments_used, error, model, size, mtime.
+    confidence, `p_<genre>` for every genre, duration_s, segments_used, error, model, size, mtime.
 
     Results are saved in parts (OUT.parts/, each written atomically) as they complete, so an interrupted run
     loses nothing: run the same command again to finish it. OUT is written at the end, atomically.
@@ -253,7 +253,7 @@ def train(
                                         f"validation accuracy (default: {TRAIN.patience})."),
     seed: int | None = typer.Option(None, help=f"Seed for data order and initialisation (default: {TRAIN.seed})."),
     out: str | None = typer.Option(None, help="Model artifact folder, local or URI (default: "
-                                   "$RAYGENRE_HOME/models/<model>, replaced on every run)."),
+                                   "`$RAYGENRE_HOME/models/<model>`, replaced on every run)."),
     overwrite: bool = typer.Option(False, help="Replace the model --out already holds (never anything else)."),
     storage_path: str | None = typer.Option(None, "--storage", help="Where Ray Train keeps the run folder "
                                             "(checkpoints): on a multi-node cluster, a URI or shared mount every "
@@ -321,7 +321,7 @@ def tune(
     max_concurrent: int | None = typer.Option(None, help="Trials at once; 0 = as many as the cluster holds "
                                               f"(default: {TUNE.max_concurrent})."),
     out: str | None = typer.Option(None, help="Run folder, local or a URI all nodes share "
-                                   "(default: $RAYGENRE_HOME/runs/tune-<time>; with --resume: the latest)."),
+                                   "(default: `$RAYGENRE_HOME/runs/tune-<time>`; with --resume: the latest)."),
     resume: bool = typer.Option(False, help="Continue an interrupted search in --out (finished trials are kept)."),
     overwrite: bool = typer.Option(False, help="Search again in an --out that holds a finished search (its models "
                                    "and trial tables are replaced; never anything but raygenre tune output)."),
@@ -333,7 +333,7 @@ def tune(
     """Search hyperparameters of the models on Ray Tune (ASHA), each trial a Ray Train run.
 
     Prints one row per trial, exports the best trial of each model (tested on the test split) to
-    OUT/models/<model>, and the overall best (highest validation accuracy) to OUT/models/best and to the default
+    `OUT/models/<model>`, and the overall best (highest validation accuracy) to OUT/models/best and to the default
     model that `raygenre label` uses. TensorBoard: tensorboard --logdir OUT/tune
     """
     from raygenre.workflow import tune_search
