@@ -180,10 +180,29 @@ def test_old_settings_collapse_and_the_new_defaults_fix_it(hard_table: str, runs
           f"new defaults {new['test']['track_accuracy']:.3f}; old eval check {old['eval_check']}")
     assert old["test"]["track_accuracy"] <= new["test"]["track_accuracy"] - 0.15
     assert old["test"]["track_accuracy"] < 0.4
-    assert old["eval_check"]["warning"] is not None and "eval mode" in old["eval_check"]["warning"]
+    # Two ways to collapse, both seen in CI on the same table: the run learns in train mode and BatchNorm's
+    # exported statistics break eval mode (train 0.4+, eval near chance: the check must flag it), or with lr 1e-4
+    # and patience 5 it never learns at all (train 0.125, eval 0.105): then there is no gap to flag.
+    if old["eval_check"]["train_acc"] >= 0.3:
+        assert old["eval_check"]["warning"] is not None and "eval mode" in old["eval_check"]["warning"]
     # the same run with only BatchNorm fixed is no longer broken in eval mode
     fixed_bn = local_run(hard_table, "cnn", **{**OLD_SETTINGS, "bn_recompute": True})
     assert fixed_bn["eval_check"]["warning"] is None
+
+
+def test_eval_mode_check_warns_only_past_the_gap() -> None:
+    """The check itself: eval mode 10+ points below the training pass is a warning, a few points is noise."""
+
+    class FirstGenre:  # eval mode scores exactly 25 % on 4 balanced genres
+        def predict_proba(self, x: np.ndarray) -> np.ndarray:
+            p = np.zeros((len(x), 4), dtype=np.float32)
+            p[:, 0] = 1.0
+            return p
+
+    x, y = np.zeros((400, 2, 2), dtype=np.float32), np.arange(400) % 4
+    assert eval_mode_check(FirstGenre(), x, y, train_acc=0.30)["warning"] is None  # type: ignore[arg-type]
+    warned = eval_mode_check(FirstGenre(), x, y, train_acc=0.90)  # type: ignore[arg-type]
+    assert warned["gap"] == pytest.approx(0.65) and "eval mode" in warned["warning"]
 
 
 def test_early_stopping_waits_for_min_epochs(hard_table: str) -> None:
