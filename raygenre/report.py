@@ -172,13 +172,20 @@ def trials(table_df: Any, synthetic: bool) -> None:
     console.print(table)
 
 
+def best_per_model(best: dict[str, Any], *, detail: bool) -> None:
+    """One line per model: its best trial's test metrics (with its validation accuracy and folder if ``detail``)."""
+    for m, b in best.items():
+        t = b["test"]
+        head = f"best {m}: val acc {b['val_acc']:.3f} -> test" if detail else f"best {m}: test"
+        tail = f"   {b['model_dir']}" if detail else ""
+        console.print(f"{head} segment acc {t['segment_accuracy']:.1%}, track acc {t['track_accuracy']:.1%}, "
+                      f"macro F1 {t['macro_f1']:.3f}{tail}")
+
+
 def tune_done(result: Any, set_default: bool) -> None:
     """`raygenre tune`'s summary. ``result``: ``TuneResult``."""
     trials(result.trials, result.synthetic)
-    for m, b in result.best.items():
-        t = b["test"]
-        console.print(f"best {m}: val acc {b['val_acc']:.3f} -> test segment acc {t['segment_accuracy']:.1%}, "
-                      f"track acc {t['track_accuracy']:.1%}, macro F1 {t['macro_f1']:.3f}   {b['model_dir']}")
+    best_per_model(result.best, detail=True)
     console.print(f"overall best: [bold]{result.best_model}[/] -> {result.best_model_dir}"
                   + synthetic_tag(result.synthetic))
     if set_default:
@@ -196,10 +203,7 @@ def demo_step(step: str, value: Any) -> None:
         feature_summary(result.manifest, feats)
     elif step == "tuned":
         trials(value.trials, value.synthetic)
-        for m, b in value.best.items():
-            t = b["test"]
-            console.print(f"best {m}: test segment acc {t['segment_accuracy']:.1%}, track acc "
-                          f"{t['track_accuracy']:.1%}, macro F1 {t['macro_f1']:.3f}")
+        best_per_model(value.best, detail=False)
         console.print(f"overall best: [bold]{value.best_model}[/] -> {value.default_model_dir}"
                       + synthetic_tag(value.synthetic))
     elif step == "library":
