@@ -53,7 +53,7 @@ def test_open_table_reads_the_manifest_once_and_exposes_it(tmp_path: Path) -> No
     assert read_manifest(str(tmp_path)) == table.manifest
 
 
-def test_split_arrays_keep_order_dtype_and_shape(tmp_path: Path) -> None:
+def test_split_arrays_dtype_and_shape(tmp_path: Path) -> None:
     mfcc = write_table(tmp_path)
     x, y = read_split_arrays(str(tmp_path), "train")
     assert x.dtype == np.float32 and x.shape == (2, 130, 13) and y.dtype == np.int64
@@ -63,6 +63,22 @@ def test_split_arrays_keep_order_dtype_and_shape(tmp_path: Path) -> None:
         read_split_arrays(str(tmp_path), "dev")
     rows, everything = read_mfcc_table(str(tmp_path))
     assert "mfcc" not in rows.column_names and everything.shape == (4, 130, 13)
+
+
+def test_split_arrays_do_not_depend_on_the_order_rows_were_written(tmp_path: Path) -> None:
+    """Ray Data writes rows in whatever order its tasks finish; a seeded run sees one order (genre, track, segment)."""
+    mfcc = write_table(tmp_path / "a", splits=("train",) * 4)  # t0 blues, t1 jazz, t2 blues, t3 jazz
+    x, y = read_split_arrays(str(tmp_path / "a"), "train")
+    np.testing.assert_array_equal(x, mfcc[[0, 2, 1, 3]])
+    assert y.tolist() == [0, 0, 1, 1]
+    part = tmp_path / "a" / "attempts" / "a1" / "segments" / "part-0.parquet"
+    reversed_rows = pq.read_table(part).take([3, 2, 1, 0])
+    (tmp_path / "b" / "attempts" / "a1" / "segments").mkdir(parents=True)
+    pq.write_table(reversed_rows, tmp_path / "b" / "attempts" / "a1" / "segments" / "part-0.parquet")
+    (tmp_path / "b" / "features.json").write_text((tmp_path / "a" / "features.json").read_text())
+    x2, y2 = read_split_arrays(str(tmp_path / "b"), "train")
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(y2, y)
 
 
 def test_old_layout_still_reads(tmp_path: Path) -> None:

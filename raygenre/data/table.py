@@ -151,14 +151,19 @@ def read_mfcc_table(features_dir: str | FeatureTable) -> tuple[pa.Table, np.ndar
 def read_split_arrays(features_dir: str | FeatureTable, split: str) -> tuple[np.ndarray, np.ndarray]:
     """One split in memory, read with plain pyarrow (no Ray): mfcc float32 (N, frames, n_mfcc), label int64 (N,).
 
-    Rows keep the table's order. Training holds its train and val splits this way: a GTZAN-size table is
-    ~70 MB, and a fresh uniform permutation of the train split every epoch needs random access to its rows.
+    Rows come sorted by (genre, track_id, segment), whatever order featurize's parallel writers left them in:
+    training permutes row indices with a seeded generator, so the same table must give the same rows at the same
+    indices for a seed to mean one run (before, two featurizations of one dataset trained differently). Training
+    holds its train and val splits this way: a GTZAN-size table is ~70 MB, and a fresh uniform permutation of the
+    train split every epoch needs random access to its rows.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     ft = open_table(features_dir)
     fs, inner = storage.resolve(ft.path)
-    table = pq.read_table(inner, filesystem=fs, columns=["mfcc", "label"], filters=[("split", "==", split)])
+    order = [("genre", "ascending"), ("track_id", "ascending"), ("segment", "ascending")]
+    table = pq.read_table(inner, filesystem=fs, columns=["genre", "track_id", "segment", "mfcc", "label"],
+                          filters=[("split", "==", split)]).sort_by(order)
     col = table.column("mfcc").combine_chunks()
     ft.check_mfcc_shape(col.type)
     x = _mfcc_array(col, len(table), (ft.frames, ft.params.n_mfcc))
