@@ -50,6 +50,11 @@ def test_pure_modules_never_import_ray(module: str) -> None:
     assert _loaded_after(module, ("ray",)) == []
 
 
+def test_the_actor_watchdog_stays_light() -> None:
+    """Its counter actor's worker imports this module: with torch behind it, each label run paid ~2 s more."""
+    assert _loaded_after("raygenre.label.watchdog", ("torch", "ray.data", "raygenre.label.pipeline")) == []
+
+
 def test_the_cli_imports_neither_ray_nor_torch() -> None:
     """`raygenre --help` stays fast: the CLI defers the library's imports to the command that runs."""
     assert _loaded_after("raygenre.cli", ("ray", "torch", "pyarrow")) == []

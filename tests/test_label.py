@@ -27,6 +27,7 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import REPO, write_lying_header, write_nan_track, write_tone_track
+from ray.util.state import list_actors
 from typer.testing import CliRunner
 
 from raygenre.cli import app
@@ -274,6 +275,11 @@ def test_labels_right_for_an_easy_case(ray_local: None, tmp_path: Path) -> None:
         assert row["confidence"] > 0.99
         check_probabilities(row, ["loud", "quiet"])
     assert dict(result.genres) == {"loud": 2, "quiet": 2} and not result.synthetic
+    # the run's restart counter (label.watchdog) goes with it: left alive, each run in one process kept one more
+    deadline = time.monotonic() + 20
+    while (alive := list_actors(filters=[("class_name", "=", "ActorStarts"), ("state", "=", "ALIVE")])):
+        assert time.monotonic() < deadline, alive
+        time.sleep(0.5)
 
 
 

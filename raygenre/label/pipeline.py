@@ -16,13 +16,11 @@ keeping every row so far, and the same command resumes.
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import dataclasses
 import functools
 import logging
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -51,6 +49,7 @@ from raygenre.label.parts import (
 )
 from raygenre.label.predict import Predictor, decode_batch, model_id
 from raygenre.label.scan import SCAN_BLOCK_ROWS, SCAN_SCHEMA, SCAN_SHARDS, library_root, scan_shard
+from raygenre.label.watchdog import ActorWatchdog
 from raygenre.model.artifact import load_model
 from raygenre.runtime import ensure_ray
 from raygenre.workspace import progress_bars_wanted
@@ -167,7 +166,7 @@ def _build_dataset(root: str, cfg: LabelConfig, params: FeatureParams, model_dir
                         compute=TaskPoolStrategy(size=decoders))
     gpu_args = {"num_gpus": 1} if cfg.gpu else {}
     # Ray Data restarts a dead actor and retries its batch, without bound. Each start is counted (starts), and
-    # the driver stops the run when there were more than actors + label.actor_restarts (see _Watchdog): a
+    # the driver stops the run when there were more than actors + label.actor_restarts (see label.watchdog): a
     # model that kills its actor every time (GPU fault, out of memory) would otherwise loop forever. Ray's own
     # max_restarts is no way out: with it spent, Ray Data 2.60 waits on the dead actor forever (measured).
     return ds.map_batches(Predictor, fn_constructor_kwargs={"model_dir": model_dir, "model_id": mid,
@@ -175,53 +174,6 @@ def _build_dataset(root: str, cfg: LabelConfig, params: FeatureParams, model_dir
                                                             "starts": starts},
                           compute=ActorPoolStrategy(size=actors), batch_size=cfg.batch_size,
                           batch_format="numpy", num_cpus=actor_cpus, **gpu_args)
-
-
-class ActorStarts:
-    """Counts model actor starts (first starts and restarts); run as a 0-CPU Ray actor by ``_Watchdog``."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def add(self) -> int:
-        self.n += 1
-        return self.n
-
-    def count(self) -> int:
-        return self.n
-
-
-class _Watchdog:
-    """Stops the driver's loop (``KeyboardInterrupt`` in the main thread) once the model actors have started more
-    than ``budget`` times; ``tripped`` tells that apart from a user's Ctrl-C."""
-
-    POLL_SECONDS = 1.0
-
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self.starts = ray.remote(num_cpus=0)(ActorStarts).remote()
-        self.tripped = threading.Event()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="raygenre-actor-watchdog", daemon=True)
-
-    def _watch(self) -> None:
-        while not self._done.wait(self.POLL_SECONDS):
-            try:
-                started = ray.get(self.starts.count.remote(), timeout=30)
-            except Exception:  # noqa: BLE001 - Ray is shutting down: nothing left to watch
-                return
-            if started > self.budget:
-                self.tripped.set()
-                _thread.interrupt_main()
-                return
-
-    def __enter__(self) -> _Watchdog:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(timeout=5)
 
 
 def _stopped_message(cause: str, parts_dir: str, rows: int) -> str:
@@ -310,7 +262,7 @@ def label_library(library: str, out: str, cfg: LabelConfig, *, model_dir: str | 
         writer = PartWriter(parts_dir, schema, cfg.files_per_part, first)
         with _quiet_ray_data():
             actors = _pool_sizes(cfg, resources)[0]
-            watchdog = _Watchdog(actors + cfg.actor_restarts)
+            watchdog = ActorWatchdog(actors + cfg.actor_restarts)
             ds = _build_dataset(root, cfg, model.features, model_dir, mid, parts_dir if first else None, resources,
                                 watchdog.starts)
             try:

@@ -117,7 +117,7 @@ class Predictor:
     """Actor: loads the model once, then turns decoded batches into output rows (a ``pa.Table``)."""
 
     def __init__(self, model_dir: str, model_id: str, device: str = "cpu", starts: Any = None) -> None:
-        if starts is not None:  # pipeline.ActorStarts: the driver stops the run when the actors keep dying
+        if starts is not None:  # label.watchdog.ActorStarts: the driver stops the run when the actors keep dying
             starts.add.remote()
         self.model = load_model(model_dir).to(device)
         self.genres = list(self.model.genres)
