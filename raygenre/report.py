@@ -13,11 +13,21 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from raygenre.redact import redact
 from raygenre.workspace import SYNTHETIC_NOTICE
 
+
+class _RedactingConsole(Console):
+    """A rich console that removes credentials from every URI in the text it prints (``raygenre.redact``): the
+    last line of defence for a path given as ``s3://KEY:SECRET@bucket/...``, whatever code built the message."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().print(*(redact(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
 # Off a terminal (CI, `ray job logs`, a pipe) rich would wrap at 80 columns; tables read better wider.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+console = _RedactingConsole(highlight=False, width=None if sys.stdout.isatty() else 120)
+err = _RedactingConsole(stderr=True, highlight=False, soft_wrap=True)
 
 SYNTHETIC_TAG = " [bold yellow](SYNTHETIC data: not real music)[/]"
 
@@ -33,7 +43,7 @@ def synthetic_tag(synthetic: bool) -> str:
 
 def error(message: object) -> None:
     """A known, user-fixable error as one line on stderr."""
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {message}")  # redacted by the console
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -47,7 +57,7 @@ def feature_summary(manifest: dict[str, Any], out: str) -> None:
     """The end-of-run table: tracks and segments per genre and split, then rejects."""
     counts = manifest["counts"]
     label = " (SYNTHETIC data)" if manifest.get("synthetic") else ""
-    table = Table(title=f"Feature table {out}{label}")
+    table = Table(title=f"Feature table {redact(str(out))}{label}")
     table.add_column("genre")
     splits = ["train", "val", "test"]
     for s in splits:

@@ -17,6 +17,12 @@ rename (S3 and GCS have none; Arrow emulates it with per-object copies that fail
   committed one are deleted by the run that commits, which holds the lease, so never by a concurrent run.
 - Before any work, ``check_output`` refuses an ``OUT`` that is a file, a folder of something else, or a
   finished raygenre output without ``overwrite``: raygenre never deletes what it did not write.
+
+Links (local paths; object stores have none): raygenre never creates a symlink and never deletes, moves or
+writes through one. ``resolve`` does not follow links; ``remove`` unlinks a link itself and never descends into
+one; the writers refuse a name that is a link (``UnsafePathError``) and, given the output ``root``, a path whose
+real location leaves it (``check_inside``); ``check_output`` refuses an output whose ``attempts`` folder,
+manifest or lease is a link. URIs are shown and stored with credentials removed (``redact``).
 """
 
 from __future__ import annotations
@@ -24,7 +30,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import socket
+import stat
 import sys
 import threading
 import time
@@ -37,19 +46,71 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from raygenre.redact import redact
+
 
 def is_uri(path: str | os.PathLike[str]) -> bool:
     """True for ``scheme://...`` strings (``file://`` included)."""
     return "://" in str(path)
 
 
+class StorageError(ValueError):
+    """A URI that names no bucket or whose store cannot be reached; the message names the URI redacted."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
+
+
+def _not_found(exc: OSError) -> bool:
+    """An Arrow error that means "no such file" (S3's NoSuchKey arrives as a plain OSError)."""
+    text = str(exc)
+    return (isinstance(exc, FileNotFoundError) or "NoSuchKey" in text or "NO_SUCH_KEY" in text
+            or "not found" in text.lower())
+
+
+def _first_line(exc: BaseException) -> str:
+    return redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+
+
+@contextmanager
+def _remote_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn an object store's OSError (unreachable endpoint, denied, DNS) into one ``StorageError`` line that
+    names the URI redacted, so the CLI prints it without a traceback or a secret. Not-found passes through."""
+    try:
+        yield
+    except OSError as exc:
+        if not is_uri(path) or _not_found(exc):
+            raise
+        raise StorageError(f"{redact(str(path))}: the object store cannot be used: {_first_line(exc)}") from None
+
+
 def resolve(path: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path or URI. Local paths become absolute."""
+    """(filesystem, path inside it) for a local path or URI. Local paths become absolute (``~`` expanded,
+    ``..`` folded) but symlinks are NOT followed: a link stays a link, so ``remove`` and the writers can see
+    it and act on the link itself rather than on whatever it points at."""
     p = str(path)
     if is_uri(p):
-        fs, inner = pafs.FileSystem.from_uri(p)
+        scheme, _, rest = redact(p).partition("://")
+        if scheme.lower() != "file" and not re.split(r"[/?#]", rest, maxsplit=1)[0]:
+            raise StorageError(f"{redact(p)} names no bucket; give a URI like {scheme}://bucket/folder")
+        try:  # an S3 URI without a region makes Arrow ask the bucket (a network call that may fail)
+            fs, inner = pafs.FileSystem.from_uri(p)
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"{redact(p)}: cannot open it: {_first_line(exc)}") from None
+        if not isinstance(fs, pafs.LocalFileSystem) and not inner.strip("/"):
+            raise StorageError(f"{redact(p)} names no bucket; give a URI like {scheme}://bucket/folder")
         return fs, inner
-    return pafs.LocalFileSystem(), str(Path(p).expanduser().resolve())
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(p))
+
+
+def _local(path: str | os.PathLike[str]) -> str | None:
+    """The absolute local path (links not followed) for a local path or ``file://`` URI, ``None`` for remote
+    URIs, without touching the network (``resolve`` of an S3 URI may ask the bucket for its region)."""
+    p = str(path)
+    if is_uri(p) and not p.lower().startswith("file:"):
+        return None
+    fs, inner = resolve(p)
+    return inner if isinstance(fs, pafs.LocalFileSystem) else None
 
 
 def local_path(path: str | os.PathLike[str]) -> Path | None:
@@ -67,81 +128,152 @@ def join(base: str | os.PathLike[str], *parts: str) -> str:
 
 
 def exists(path: str | os.PathLike[str]) -> bool:
+    """True when a file or folder is at ``path`` (a local symlink counts as what it points at)."""
     fs, inner = resolve(path)
-    return fs.get_file_info(inner).type != pafs.FileType.NotFound
+    with _remote_errors(path):
+        return fs.get_file_info(inner).type != pafs.FileType.NotFound
 
 
 def read_text(path: str | os.PathLike[str]) -> str:
-    fs, inner = resolve(path)
-    with fs.open_input_stream(inner) as f:
-        return f.read().decode("utf-8")
+    return read_bytes(path).decode("utf-8")
 
 
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
     fs, inner = resolve(path)
-    with fs.open_input_stream(inner) as f:
+    with _remote_errors(path), fs.open_input_stream(inner) as f:
         return f.read()
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+def refuse_link(path: str | os.PathLike[str]) -> None:
+    """Raise ``UnsafePathError`` when the local name ``path`` exists as a symlink, ``OutputExistsError`` when it
+    is a folder; nothing for an absent name, a regular file or a remote URI."""
+    inner = _local(path)
+    if inner is None:
+        return
+    try:
+        st = os.lstat(inner)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafePathError(f"{inner} is a symlink (to {os.readlink(inner)}), which raygenre never creates: it "
+                              f"neither writes through it nor replaces it. Remove the link, or choose another "
+                              f"output.")
+    if stat.S_ISDIR(st.st_mode):
+        raise OutputExistsError(f"{inner} is a folder where raygenre writes a file; raygenre never deletes what "
+                                f"it did not write: move it away, or choose another output.")
+
+
+def _write_local(inner: str, data: bytes, *, durable: bool, root: str | os.PathLike[str] | None) -> None:
+    if root is not None:
+        check_inside(inner, root)
+    refuse_link(inner)
+    parent, name = os.path.split(inner)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+    # O_EXCL|O_NOFOLLOW: the temporary name is ours alone; a link planted there makes the open fail
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        refuse_link(inner)  # again, right before the rename (rename(2) itself never writes through a link)
+        os.replace(tmp, inner)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *,
+                       root: str | os.PathLike[str] | None = None) -> None:
     """Write a file so that it is either absent or whole.
 
-    Local disks: a temporary name beside it, then a rename. Object stores: one upload of the whole buffer,
-    which the store makes visible only when it completes (a rename there would be a copy plus a delete).
+    Local disks: a temporary name beside it (created with ``O_EXCL | O_NOFOLLOW``), then a rename. Object
+    stores: one upload of the whole buffer, which the store makes visible only when it completes (a rename
+    there would be a copy plus a delete).
+
+    Never writes through a symlink. If the name exists as a symlink, the write is refused
+    (``UnsafePathError``) rather than replacing the link: raygenre creates no links, so a link at a name it
+    writes was put there by someone else, and both ways of "writing" it destroy something raygenre did not
+    write (through it: the target, e.g. ``~/.bashrc``; over it: the user's link). The link's target is
+    never opened. A folder at the name is refused too (``OutputExistsError``). ``root`` (the output the file
+    belongs to): also refuse a path whose real location leaves it (``check_inside``), e.g. through a
+    symlinked parent folder.
     """
     fs, inner = resolve(path)
     if not isinstance(fs, pafs.LocalFileSystem):
-        with fs.open_output_stream(inner) as f:
+        with _remote_errors(path), fs.open_output_stream(inner) as f:
             f.write(data)
         return
-    parent = inner.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    tmp = f"{parent}/.{inner.rsplit('/', 1)[1]}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, inner)
+    _write_local(inner, data, durable=False, root=root)
 
 
-def write_bytes_durable(path: str | os.PathLike[str], data: bytes) -> None:
-    """``write_bytes_atomic``, and on a local disk flushed to the device (file, then folder) before it returns.
+def write_bytes_durable(path: str | os.PathLike[str], data: bytes, *,
+                        root: str | os.PathLike[str] | None = None) -> None:
+    """``write_bytes_atomic`` (the same symlink and ``root`` rules), and on a local disk flushed to the device
+    (file, then folder) before it returns.
 
     Object stores are durable when the upload completes. A local rename without fsync can survive power loss
     as a zero-byte file under the final name.
     """
-    local = local_path(path)
-    if local is None:
+    fs, inner = resolve(path)
+    if not isinstance(fs, pafs.LocalFileSystem):
         write_bytes_atomic(path, data)
         return
-    local.parent.mkdir(parents=True, exist_ok=True)
-    tmp = local.parent / f".{local.name}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, local)
-    fd = os.open(local.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_local(inner, data, durable=True, root=root)
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
+def write_text_atomic(path: str | os.PathLike[str], text: str, *, root: str | os.PathLike[str] | None = None) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"), root=root)
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, root: str | os.PathLike[str] | None = None) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", root=root)
+
+
+def _rmtree_nofollow(path: str) -> None:
+    """Delete a real folder bottom-up, unlinking the links inside it and never descending into them."""
+    with os.scandir(path) as it:
+        entries = list(it)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            _rmtree_nofollow(entry.path)
+        else:
+            os.unlink(entry.path)
+    os.rmdir(path)
 
 
 def remove(path: str | os.PathLike[str]) -> None:
-    """Remove a file or folder if present."""
+    """Remove a file or folder if present. Never follows a link: a symlink (even one to a folder) is
+    unlinked itself and its target is untouched; a real folder is deleted bottom-up, the links inside it
+    unlinked, never descended into."""
     fs, inner = resolve(path)
-    info = fs.get_file_info(inner)
-    if info.type == pafs.FileType.Directory:
-        fs.delete_dir(inner)
-    elif info.type == pafs.FileType.File:
-        fs.delete_file(inner)
+    if isinstance(fs, pafs.LocalFileSystem):
+        try:
+            st = os.lstat(inner)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):  # files, symlinks (to anything), fifos, sockets
+            os.unlink(inner)
+        elif shutil.rmtree.avoids_symlink_attacks:  # fd-based (openat, O_NOFOLLOW): no check-then-use race
+            shutil.rmtree(inner)
+        else:  # pragma: no cover - platforms without the fd-based walk
+            _rmtree_nofollow(inner)
+        return
+    with _remote_errors(path):
+        info = fs.get_file_info(inner)
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(inner)
+        elif info.type == pafs.FileType.File:
+            fs.delete_file(inner)
 
 
 # ------------------------------------------------------------------------------------------ output protocol
@@ -160,7 +292,36 @@ LEASE_SETTLE_REMOTE_S = 1.0
 
 class OutputExistsError(FileExistsError):
     """``--out`` holds something raygenre will not replace: another kind of data, a finished output (without
-    ``--overwrite``), or an output a live run is writing."""
+    ``--overwrite``), or an output a live run is writing. Its message is redacted (``redact``): whoever raises
+    it may name a URI with credentials, and the CLI prints it."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
+
+
+class UnsafePathError(OutputExistsError):
+    """A local path raygenre was about to write, move or delete is a symlink it did not create, or its real
+    location leaves the output root. A ``FileExistsError`` so the CLI prints it as one line (exit 2)."""
+
+
+def _real_location(path: str) -> str:
+    """Where ``path`` really is: the realpath of its parent plus its own name (the last component is not
+    followed, so a link is judged by where the link itself lives)."""
+    parent, name = os.path.split(path)
+    return os.path.join(os.path.realpath(parent), name) if name else os.path.realpath(path)
+
+
+def check_inside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> None:
+    """Raise ``UnsafePathError`` when a local ``path``'s real location (realpath of its parent + its own name)
+    is not ``root`` or under ``realpath(root)``; a no-op for remote URIs (object stores have no links)."""
+    p, r = _local(path), _local(root)
+    if p is None or r is None:
+        return
+    real, real_root = _real_location(p), os.path.realpath(r)
+    if real != real_root and not real.startswith(real_root.rstrip("/") + "/"):
+        raise UnsafePathError(f"{path}: its real location {real} is outside {redact(str(root))} (a symlink "
+                              f"on the way leads elsewhere); raygenre writes, moves and deletes only inside "
+                              f"its output")
 
 
 def _entries(fs: pafs.FileSystem, inner: str) -> list[str]:
@@ -168,52 +329,96 @@ def _entries(fs: pafs.FileSystem, inner: str) -> list[str]:
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
+    """A JSON object file; ``None`` when it is absent, unreadable as JSON, or not an object (a list, a number:
+    nothing raygenre wrote)."""
     try:
-        return json.loads(read_text(path))
-    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        obj = json.loads(read_text(path))
+    except (FileNotFoundError, StorageError, ValueError, UnicodeDecodeError):
         return None
     except OSError as exc:  # S3 "NoSuchKey" arrives as OSError from some Arrow versions
-        if "NoSuchKey" in str(exc) or "NO_SUCH_KEY" in str(exc) or "not found" in str(exc).lower():
+        if _not_found(exc):
             return None
         raise
+    return obj if isinstance(obj, dict) else None
+
+
+_ATTEMPT_RE = re.compile(rf"{ATTEMPTS}/[A-Za-z0-9][A-Za-z0-9._-]{{0,127}}")
 
 
 def committed_path(root: str | os.PathLike[str], manifest: dict[str, Any], *parts: str) -> str:
     """A file of a committed output: under the attempt its manifest names, or at top level (old layout)."""
-    attempt = str(manifest.get("attempt") or "")
+    attempt = manifest.get("attempt") or ""
+    if not isinstance(attempt, str):
+        raise ValueError(f"{redact(str(root))}: its manifest's attempt must be a string like "
+                         f"'{ATTEMPTS}/<id>', got {type(attempt).__name__}")
     if attempt and (attempt.startswith("/") or ".." in attempt.split("/") or "://" in attempt):
-        raise ValueError(f"{root}: its manifest names attempt {attempt!r}, which is outside the folder")
+        raise ValueError(f"{redact(str(root))}: its manifest names attempt {attempt[:80]!r}, which is outside "
+                         f"the folder")
+    if attempt and not _ATTEMPT_RE.fullmatch(attempt):  # NUL bytes, newlines, nested folders: not ours
+        raise ValueError(f"{redact(str(root))}: its manifest names attempt {attempt[:80]!r}, which is not a "
+                         f"raygenre attempt name ('{ATTEMPTS}/<id>'); the output is damaged or was not written "
+                         f"by raygenre")
     return join(root, *([attempt] if attempt else []), *parts)
+
+
+def _check_links(root: str, names: list[str], kind: str) -> None:
+    """Refuse a local output whose ``attempts`` folder, manifest or lease is a symlink (or ``attempts`` is not a
+    folder): raygenre deletes old attempts and replaces its manifest and lease, and never through a link."""
+    inner = _local(root)
+    if inner is None:
+        return
+    for name in (ATTEMPTS, MANIFESTS[kind], LEASE):
+        if name not in names:
+            continue
+        path = os.path.join(inner, name)
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafePathError(f"{redact(root)}: {name} is a symlink (to {os.readlink(path)}); raygenre "
+                                  f"deletes and replaces what it holds and never does so through a link, which "
+                                  f"it never creates. Remove the link (or copy its target into a real folder), "
+                                  f"or choose another output.")
+        if name == ATTEMPTS and not stat.S_ISDIR(st.st_mode):
+            raise OutputExistsError(f"{redact(root)}: {name} is not a folder, so this is not a raygenre {kind}; "
+                                    f"raygenre never deletes what it did not write: choose another output.")
 
 
 def check_output(root: str | os.PathLike[str], kind: str, *, overwrite: bool, flag: str = "--overwrite") -> None:
     """Refuse ``root`` before any work unless it is absent, empty, an unfinished raygenre ``kind`` output, or
     (with ``overwrite``) a finished one. ``kind``: a key of ``MANIFESTS``. Raises ``OutputExistsError``."""
+    root = str(root)
+    shown_root = redact(root)
     fs, inner = resolve(root)
-    info = fs.get_file_info(inner)
+    with _remote_errors(root):
+        info = fs.get_file_info(inner)
     if info.type == pafs.FileType.NotFound:
+        if _local(root) is not None and os.path.islink(inner):
+            raise UnsafePathError(f"{shown_root} is a symlink to {os.readlink(inner)}, which does not exist; "
+                                  f"the output must be a folder. Choose another path.")
         return
     if info.type != pafs.FileType.Directory:
-        raise OutputExistsError(f"{root} is a file; the output must be a folder. Choose another path "
+        raise OutputExistsError(f"{shown_root} is a file; the output must be a folder. Choose another path "
                                 f"(raygenre never deletes what it did not write).")
-    names = _entries(fs, inner)
+    with _remote_errors(root):
+        names = _entries(fs, inner)
     manifest = MANIFESTS[kind]
     others = [k for k, m in MANIFESTS.items() if k != kind and m in names]
     if manifest in names:
+        _check_links(root, names, kind)
         if not overwrite:
             meta = _read_json(join(root, manifest)) or {}
-            when = f", written {meta['created']}" if meta.get("created") else ""
-            raise OutputExistsError(f"{root} already holds a raygenre {kind}{when}. Pass {flag} to replace it, "
-                                    f"or choose another output.")
+            when = f", written {meta['created']}" if isinstance(meta.get("created"), str) else ""
+            raise OutputExistsError(f"{shown_root} already holds a raygenre {kind}{when}. Pass {flag} to replace "
+                                    f"it, or choose another output.")
         return
     if others:
-        raise OutputExistsError(f"{root} holds a raygenre {others[0]}, not a {kind}; choose another output "
+        raise OutputExistsError(f"{shown_root} holds a raygenre {others[0]}, not a {kind}; choose another output "
                                 f"(--overwrite only replaces an output of the same kind).")
     foreign = [n for n in names if n not in (ATTEMPTS, LEASE)]
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise OutputExistsError(f"{root} already exists and is not a raygenre {kind} (it holds {shown}). "
+        raise OutputExistsError(f"{shown_root} already exists and is not a raygenre {kind} (it holds {shown}). "
                                 f"raygenre never deletes what it did not write: choose a new or empty folder.")
+    _check_links(root, names, kind)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -226,17 +431,29 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _heartbeat(lease: dict[str, Any]) -> float:
+    beat = lease.get("heartbeat", 0.0)
+    return float(beat) if isinstance(beat, (int, float)) and not isinstance(beat, bool) else 0.0
+
+
 def _lease_live(lease: dict[str, Any], now: float) -> bool:
-    same_host = lease.get("host") == socket.gethostname() and isinstance(lease.get("pid"), int)
-    if same_host and not _pid_alive(lease["pid"]):
+    pid = lease.get("pid")
+    same_host = lease.get("host") == socket.gethostname() and isinstance(pid, int) and not isinstance(pid, bool)
+    if same_host and (pid <= 0 or not _pid_alive(pid)):  # os.kill(0 or -n) would probe a process group
         return False  # a killed run on this host: take over at once
-    return now - float(lease.get("heartbeat", 0.0)) < LEASE_TTL_S
+    return now - _heartbeat(lease) < LEASE_TTL_S
 
 
 def _describe(lease: dict[str, Any], now: float) -> str:
-    age = now - float(lease.get("heartbeat", 0.0))
-    return (f"run {lease.get('holder')} ({lease.get('command') or '?'}, pid {lease.get('pid')} on "
-            f"{lease.get('host')}, started {lease.get('started')}, last heartbeat {age:.0f} s ago)")
+    age = now - _heartbeat(lease)
+    # redacted here too: a lease written by an older raygenre may hold a URI with credentials
+    return redact(f"run {lease.get('holder')} ({lease.get('command') or '?'}, pid {lease.get('pid')} on "
+                  f"{lease.get('host')}, started {lease.get('started')}, last heartbeat {age:.0f} s ago)")
+
+
+def _command_line() -> str:
+    """This process's command line for the lease record, credentials in URIs redacted."""
+    return redact(" ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv)))[:300]
 
 
 @dataclass
@@ -251,21 +468,21 @@ class Lease:
 
     @classmethod
     def acquire(cls, root: str, kind: str) -> Lease:
+        root = str(root)
         path = join(root, LEASE)
         now = time.time()
         held = _read_json(path)
         if held and _lease_live(held, now):
-            raise OutputExistsError(f"{root} is being written by {_describe(held, now)}. Wait for it to "
+            raise OutputExistsError(f"{redact(root)} is being written by {_describe(held, now)}. Wait for it to "
                                     f"finish, or stop it; a lease without a heartbeat for {LEASE_TTL_S:.0f} s is "
                                     f"taken over.")
         record = {"holder": uuid.uuid4().hex[:12], "kind": kind, "host": socket.gethostname(), "pid": os.getpid(),
-                  "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300],
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "heartbeat": now}
-        write_json_atomic(path, record)
-        time.sleep(LEASE_SETTLE_LOCAL_S if local_path(root) is not None else LEASE_SETTLE_REMOTE_S)
+                  "command": _command_line(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "heartbeat": now}
+        write_json_atomic(path, record, root=root)
+        time.sleep(LEASE_SETTLE_LOCAL_S if _local(root) is not None else LEASE_SETTLE_REMOTE_S)
         now_held = _read_json(path)
         if not now_held or now_held.get("holder") != record["holder"]:
-            raise OutputExistsError(f"{root} is being written by "
+            raise OutputExistsError(f"{redact(root)} is being written by "
                                     f"{_describe(now_held or {}, time.time())} (it claimed the output just now).")
         lease = cls(path=path, record=record)
         lease._thread = threading.Thread(target=lease._beat, name=f"raygenre-lease-{record['holder']}", daemon=True)
@@ -276,7 +493,8 @@ class Lease:
         while not self._stop.wait(LEASE_HEARTBEAT_S):
             with contextlib.suppress(Exception):  # a missed beat is retried; TTL covers several
                 self.check()
-                write_json_atomic(self.path, {**self.record, "heartbeat": time.time()})
+                beat = {**self.record, "heartbeat": time.time()}
+                write_json_atomic(self.path, beat, root=self.path.rsplit("/", 1)[0])
 
     def check(self) -> None:
         """Raise ``OutputExistsError`` if another run took the lease over (e.g. ours looked dead)."""
@@ -284,8 +502,8 @@ class Lease:
         if held is not None and held.get("holder") != self.record["holder"]:
             self.lost_to = held
             self._stop.set()
-            raise OutputExistsError(f"{self.path}: the output was taken over by {_describe(held, time.time())}; "
-                                    f"this run does not commit.")
+            raise OutputExistsError(f"{redact(self.path)}: the output was taken over by "
+                                    f"{_describe(held, time.time())}; this run does not commit.")
 
     def release(self) -> None:
         self._stop.set()
@@ -317,15 +535,24 @@ class Output:
         files of the old layout. Returns the manifest as written."""
         self.lease.check()
         manifest = {**manifest, "attempt": self.attempt}
-        write_json_atomic(join(self.root, MANIFESTS[self.kind]), manifest)
+        write_json_atomic(join(self.root, MANIFESTS[self.kind]), manifest, root=self.root)
         self.committed = True
         fs, inner = resolve(self.root)
         for name in _entries(fs, f"{inner}/{ATTEMPTS}"):
             if f"{ATTEMPTS}/{name}" != self.attempt:
-                remove(join(self.root, ATTEMPTS, name))
+                self._remove(join(self.root, ATTEMPTS, name))
         for name in self.legacy:
-            remove(join(self.root, name))
+            self._remove(join(self.root, name))
         return manifest
+
+    def _remove(self, path: str) -> None:
+        """Delete a stale entry (``remove`` unlinks a link itself); one whose real location left the root
+        (``attempts`` swapped for a link since ``check_output``) is left alone: never delete through a link."""
+        try:
+            check_inside(path, self.root)
+        except UnsafePathError:
+            return
+        remove(path)
 
 
 @contextmanager

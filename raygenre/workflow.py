@@ -59,7 +59,7 @@ def train_model(features: str | None, cfg: TrainConfig, out: str | None, *, over
         storage.check_output(str(workspace.default_model_dir()), "model", overwrite=True)
     ensure_ray(address)
     feats = features_or_builtin(features, address, say)
-    say(f"training {cfg.model} on {feats} with {cfg.workers} Ray Train workers ...")
+    say(f"training {cfg.model} on {storage.redact(feats)} with {cfg.workers} Ray Train workers ...")
     if storage_path is None and storage.is_uri(out):
         storage_path = storage.join(out.rstrip("/").rsplit("/", 1)[0], "runs")
     result = train(feats, cfg, out, storage_path=storage_path, progress_callback=on_epoch, overwrite=replace)
@@ -82,22 +82,25 @@ def evaluate_model(model_dir: str, features: str | None = None, split: str = "te
                    address: str | None = None, say: Say = print) -> Evaluation:
     """`raygenre evaluate`: score the model on ``split`` of ``features`` (default: the table it was trained on if
     it still exists, else the built-in one); write metrics.json and confusion.png beside the model's weights."""
-    ensure_ray(address)
     loaded = load_model(model_dir)
+    where = files_dir(model_dir, loaded.meta)
+    metrics_path = storage.join(where, "metrics.json")
+    png = storage.join(where, "confusion.png")
+    for path in (metrics_path, png):  # before any work: a planted link (-> ~/.bashrc) or a folder that leads
+        storage.check_inside(path, model_dir)  # out of the model folder refuses the run; the writers check again
+        storage.refuse_link(path)
+    ensure_ray(address)
     feats = features or loaded.meta.get("features_dir")
     if not feats or not storage.exists(storage.join(str(feats), "features.json")):
         feats = features_or_builtin(None, address, say)
     result = evaluate(loaded, feats, split=split)
     metrics = {k: v for k, v in result.items() if k != "confusion"}
     metrics["confusion"] = [list(map(int, row)) for row in result["confusion"]]
-    metrics["features_dir"] = str(feats)
-    where = files_dir(model_dir, loaded.meta)
-    metrics_path = storage.join(where, "metrics.json")
-    storage.write_json_atomic(metrics_path, metrics)
-    png = storage.join(where, "confusion.png")
+    metrics["features_dir"] = storage.redact(str(feats))  # a model folder is shared: no credentials in it
+    storage.write_json_atomic(metrics_path, metrics, root=model_dir)  # never through a link (-> ~/.bashrc)
     plot_confusion(result["confusion"], loaded.genres, png,
                    f"{loaded.name.upper()} {split} segments, accuracy {result['segment_accuracy']:.1%}",
-                   synthetic=result["synthetic"])
+                   synthetic=result["synthetic"], root=model_dir)
     return Evaluation(result=result, features_dir=str(feats), metrics_path=metrics_path, confusion_path=png)
 
 
@@ -113,11 +116,13 @@ def tune_search(features: str | None, cfg: TuneConfig, out: str | None = None, *
     ensure_ray(address)
     feats = features_or_builtin(features, address, say)
     say(f"tuning {', '.join(cfg.models)}: {cfg.num_samples} trials each, up to {cfg.max_epochs} epochs, "
-        f"ASHA; results in {out}")
+        f"ASHA; results in {storage.redact(out)}")
     lease = storage.Lease.acquire(out, "tune")  # a second `raygenre tune --out` on it is refused
     try:
         if overwrite:
-            storage.remove(storage.join(out, TUNE_DONE))  # un-finish it first: it is being redone
+            done = storage.join(out, TUNE_DONE)
+            storage.check_inside(done, out)  # remove() unlinks a link itself; a symlinked parent is refused
+            storage.remove(done)  # un-finish it first: it is being redone
         return tune_models(feats, cfg, out, resume=resume, address=address, set_default=set_default)
     finally:
         lease.release()

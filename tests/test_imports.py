@@ -16,6 +16,7 @@ PURE = [
     "raygenre.config",
     "raygenre.storage",
     "raygenre.workspace",
+    "raygenre.redact",
     "raygenre.report",
     "raygenre.data.audio",
     "raygenre.data.decoder",

@@ -42,10 +42,15 @@ FORMAT_VERSION = 1
 # 2.2 s in chunks of 32-64 and 4.4 s in one call (bench/label.py's model actor spent most of its time here).
 CPU_CHUNK = 64
 NORM_MEAN, NORM_STD = "norm.mean", "norm.std"
+MAX_HIDDEN = 1 << 20  # far above any width raygenre trains; a model.json asking more is damaged or hostile
 
 
 class ArtifactError(ValueError):
-    """A model folder is missing, incomplete, unsafe or inconsistent."""
+    """A model folder is missing, incomplete, unsafe or inconsistent. The message is redacted
+    (``storage.redact``): it names the folder, which may be a URI with credentials."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(storage.redact(a) if isinstance(a, str) else a for a in args))
 
 
 @dataclass
@@ -150,15 +155,21 @@ def save_model(dir: str, model: nn.Module, *, name: str, hparams: dict[str, Any]
         "versions": {"raygenre": __version__, "torch": torch.__version__},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    meta = {**(extra or {}), **meta}
+    meta = {**_redacted(extra or {}), **meta}
     blob = st_save(tensors, metadata={"format": "pt", "raygenre_format": FORMAT})
     if output is not None:
-        storage.write_bytes_atomic(storage.join(output.dir, WEIGHTS), blob)
+        storage.write_bytes_atomic(storage.join(output.dir, WEIGHTS), blob, root=output.root)
         output.commit(meta)  # last, like every manifest here
         return
     with storage.open_output(dir, "model", overwrite=overwrite, legacy=LEGACY) as out:
-        storage.write_bytes_atomic(storage.join(out.dir, WEIGHTS), blob)
+        storage.write_bytes_atomic(storage.join(out.dir, WEIGHTS), blob, root=out.root)
         out.commit(meta)
+
+
+def _redacted(extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` with credentials removed from every string value (``features_dir``, ``run_dir`` may be URIs
+    like ``s3://KEY:SECRET@bucket/x``; a model folder is shared, its model.json must not carry them)."""
+    return {k: storage.redact(v) if isinstance(v, str) else v for k, v in extra.items()}
 
 
 def read_meta(path: str) -> dict[str, Any]:
@@ -173,9 +184,12 @@ def read_meta(path: str) -> dict[str, Any]:
     try:
         meta = json.loads(storage.read_text(meta_path))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{meta_path} is not valid JSON: {exc}") from None
+        raise ArtifactError(f"{storage.redact(meta_path)} is not valid JSON: {exc}") from None
+    except IsADirectoryError:
+        raise ArtifactError(f"{storage.redact(meta_path)} is a folder, not a file: {path} is not a model folder") \
+            from None
     if not isinstance(meta, dict):
-        raise ArtifactError(f"{meta_path} is not a JSON object")
+        raise ArtifactError(f"{storage.redact(meta_path)} is not a JSON object (got {type(meta).__name__})")
     return meta
 
 
@@ -200,7 +214,7 @@ def copy_model(src: str, dest: str, *, overwrite: bool = True) -> None:
     with storage.open_output(dest, "model", overwrite=overwrite, legacy=LEGACY) as out:
         dst_fs, dst_inner = storage.resolve(out.dir)
         pafs.copy_files(src_inner, dst_inner, source_filesystem=src_fs, destination_filesystem=dst_fs)
-        out.commit({k: v for k, v in meta.items() if k != "attempt"})
+        out.commit(_redacted({k: v for k, v in meta.items() if k != "attempt"}))
 
 
 def set_default_model(src: str) -> str:
@@ -278,8 +292,8 @@ def check_meta(meta: Any, where: str) -> tuple[str, FeatureParams, list[str], di
     hparams = meta.get("hparams")
     if not isinstance(hparams, dict):
         raise ArtifactError(f"{where}: hparams must be an object, got {hparams!r}")
-    if hparams.get("hidden") is not None:
-        _int(hparams["hidden"], f"{where}: hparams.hidden", 1)
+    if hparams.get("hidden") is not None:  # the weights' shapes are checked too, before the network is built
+        _int(hparams["hidden"], f"{where}: hparams.hidden", 1, MAX_HIDDEN)
     dropout = hparams.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ArtifactError(f"{where}: hparams.dropout must be a number in [0, 1), got {dropout!r}")
@@ -305,6 +319,20 @@ def check_tensors(tensors: dict[str, torch.Tensor], n_mfcc: int, where: str) -> 
     return mean, std
 
 
+def _check_shapes(skeleton: nn.Module, tensors: dict[str, torch.Tensor], mismatch: str) -> None:
+    """The weights' names and shapes against a network built on the meta device; ``ArtifactError`` naming the
+    first difference."""
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in tensors.items()}
+    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing or unexpected:
+        raise ArtifactError(f"{mismatch}: missing weights {missing[:3]}, unexpected weights {unexpected[:3]}")
+    for key, shape in want.items():
+        if have[key] != shape:
+            raise ArtifactError(f"{mismatch}: {key} is {have[key]} in the file but {shape} for these "
+                                f"hyperparameters")
+
+
 def load_model(path: str) -> LoadedModel:
     """Load an artifact folder (local path or URI) written by ``save_model``; the module is in eval mode, on CPU.
 
@@ -316,19 +344,33 @@ def load_model(path: str) -> LoadedModel:
     meta_path = storage.join(path, META)
     name, features, genres, hparams, frames = check_meta(meta, meta_path)
     weights = weights_path(path, meta)
-    if not storage.exists(weights):
+    fs, inner = storage.resolve(weights)
+    kind = fs.get_file_info(inner).type
+    if kind == pafs.FileType.NotFound:
         raise ArtifactError(f"{path} is not a model folder: {WEIGHTS} is missing "
                             f"(a model folder holds {WEIGHTS} and {META}; train one with `raygenre train`)")
+    if kind != pafs.FileType.File:
+        raise ArtifactError(f"{storage.redact(weights)} is not a file (a folder?): {path} is not a model folder "
+                            f"raygenre wrote")
     tensors = _read_tensors(weights)
     mean, std = check_tensors(tensors, features.n_mfcc, weights)
+    mismatch = f"{storage.redact(weights)} does not match a {name} model of {frames} frames x " \
+               f"{features.n_mfcc} coefficients with the hyperparameters in {META}"
     try:
+        # First on the meta device (shapes only, no memory): a model.json whose hparams ask for a network far
+        # larger than its weights (hidden: 3000000, ~20 GB) is refused before anything is allocated.
+        with torch.device("meta"):
+            skeleton = build_model(name, frames, features.n_mfcc, len(genres), hidden=hparams.get("hidden"),
+                                   dropout=float(hparams.get("dropout", 0.0)))
+        _check_shapes(skeleton, tensors, mismatch)
         module = build_model(name, frames, features.n_mfcc, len(genres), hidden=hparams.get("hidden"),
                              dropout=float(hparams.get("dropout", 0.0)))
         module.load_state_dict(tensors, strict=True)
     except (RuntimeError, ValueError) as exc:
+        if isinstance(exc, ArtifactError):
+            raise
         first = str(exc).strip().splitlines()[0]
-        raise ArtifactError(f"{weights} does not match a {name} model of {frames} frames x "
-                            f"{features.n_mfcc} coefficients with the hyperparameters in {META}: {first}") from None
+        raise ArtifactError(f"{mismatch}: {first}") from None
     module.eval()
     return LoadedModel(module=module, name=name, hparams=hparams, features=features, genres=genres,
                        mean=mean, std=std, meta=meta)

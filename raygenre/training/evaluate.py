@@ -119,11 +119,13 @@ def evaluate(model: LoadedModel, features_dir: str | FeatureTable, split: str = 
     return {"split": split, **out, "genres": list(model.genres), "synthetic": bool(manifest.get("synthetic"))}
 
 
-def plot_confusion(cm: Any, genres: list[str], path: str, title: str, *, synthetic: bool = False) -> str:
+def plot_confusion(cm: Any, genres: list[str], path: str, title: str, *, synthetic: bool = False,
+                   root: str | None = None) -> str:
     """Save a confusion-matrix PNG (rows true, columns predicted; genres on both axes) to a path or URI.
 
     ``synthetic=True`` appends "(synthetic data)" to the title, so a figure never passes for real results.
-    Returns the title used.
+    Written with ``storage.write_bytes_atomic``: never through a symlink; ``root`` (the folder the figure
+    belongs to) also refuses a path whose real location leaves it. Returns the title used.
     """
     cm = np.asarray(cm)
     n = len(genres)
@@ -147,5 +149,5 @@ def plot_confusion(cm: Any, genres: list[str], path: str, title: str, *, synthet
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
-    storage.write_bytes_atomic(path, buf.getvalue())
+    storage.write_bytes_atomic(path, buf.getvalue(), root=root)
     return title

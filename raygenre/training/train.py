@@ -199,8 +199,9 @@ def prepare(features_dir: str | FeatureTable, cfg: TrainConfig, *, put: bool = T
     counts = {split: len(y) for split, (_, y) in arrays.items()}
     for split, n in counts.items():
         if n < cfg.workers:
-            raise ValueError(f"{table.dir} has {n} {split} segments, fewer than the {cfg.workers} workers; "
-                             f"featurize with a {split} split (it needs at least one segment per worker)")
+            raise ValueError(f"{storage.redact(str(table.dir))} has {n} {split} segments, fewer than the "
+                             f"{cfg.workers} workers; featurize with a {split} split (it needs at least one "
+                             f"segment per worker)")
     if cfg.batch_size < cfg.workers:
         raise ValueError(f"batch_size {cfg.batch_size} is the global batch, split across the {cfg.workers} "
                          f"workers: it must be at least the number of workers")
@@ -348,7 +349,7 @@ def _train(table: FeatureTable, cfg: TrainConfig, output: storage.Output, *, sto
         if stop is not None:
             stop()
     if result.checkpoint is None:
-        raise RuntimeError(f"training finished without a checkpoint (see {run_dir})")
+        raise RuntimeError(f"training finished without a checkpoint (see {storage.redact(run_dir)})")
     state = read_checkpoint(result.checkpoint)["state"]
     return finish(prepared, cfg, state, output.root, run_dir, t0, output=output)
 
@@ -387,16 +388,20 @@ def finish(prepared: Prepared, cfg: TrainConfig, state: dict[str, Any], out_dir:
                "epochs_run": len(state["history"]), "stopped_early": state["stopped_early"]}
     save_model(out_dir, model, name=cfg.model, hparams=hparams, features=table.params, genres=genres,
                mean=prepared.mean, std=prepared.std, metrics=metrics, synthetic=synthetic,
-               extra={"features_dir": str(features_dir), "run_dir": str(run_dir)}, output=output)
+               extra={"features_dir": storage.redact(str(features_dir)), "run_dir": storage.redact(str(run_dir))},
+               output=output)  # redacted: model folders get shared, credentials in a URI must not travel
     config = to_dict(cfg)
-    storage.write_text_atomic(storage.join(run_dir, "config.yaml"), yaml.safe_dump(config, sort_keys=False))
-    history = {"features_dir": str(features_dir), "model_dir": str(out_dir), "synthetic": synthetic,
+    storage.write_text_atomic(storage.join(run_dir, "config.yaml"), yaml.safe_dump(config, sort_keys=False),
+                              root=run_dir)
+    history = {"features_dir": storage.redact(str(features_dir)), "model_dir": storage.redact(str(out_dir)),
+               "synthetic": synthetic,
                "best_epoch": state["best_epoch"], "stopped_early": state["stopped_early"],
                "resumed_from": state["resumed_from"], "history": state["history"], "test": metrics["test"],
                "eval_check": check}
     plot_confusion(test["confusion"], genres, storage.join(run_dir, "confusion.png"),
-                   f"{cfg.model.upper()} test segments, accuracy {test['segment_accuracy']:.1%}", synthetic=synthetic)
-    storage.write_json_atomic(storage.join(run_dir, "history.json"), history)
+                   f"{cfg.model.upper()} test segments, accuracy {test['segment_accuracy']:.1%}", synthetic=synthetic,
+                   root=run_dir)
+    storage.write_json_atomic(storage.join(run_dir, "history.json"), history, root=run_dir)
     return TrainResult(run_dir=run_dir, model_dir=str(out_dir), history=state["history"],
                        best_epoch=state["best_epoch"], stopped_early=state["stopped_early"],
                        resumed_from=list(state["resumed_from"]), test=test, config=config,
