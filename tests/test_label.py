@@ -138,7 +138,7 @@ def test_scan_skips_done_and_flags_changed(tmp_path: Path) -> None:
     parts.mkdir()
     st0, st1 = os.stat(paths[0]), os.stat(paths[1])
     pq.write_table(pa.table({"path": [str(paths[0]), str(paths[1])], "size": [st0.st_size, st1.st_size],
-                             "mtime": [st0.st_mtime, st1.st_mtime - 5.0]}), parts / "part-000000-x.parquet")
+                             "mtime": [st0.st_mtime, st1.st_mtime - 5.0]}), parts / "part-000000-0000abcd.parquet")
     blocks = [b for k in range(SCAN_SHARDS) for b in scan_shard(str(lib), k, SCAN_SHARDS, EXTS, str(parts))]
     rows = {Path(r["path"]).name: r for b in blocks for r in b.to_pylist()}
     assert set(rows) == {"1.wav", "2.wav"}  # 0.wav is done (same size and mtime)
@@ -477,7 +477,7 @@ def test_exactly_one_row_per_file_through_changes_deletions_and_broken_parts(ray
     first, rows = run()
     assert (first.files, first.new, first.errors) == (8, 8, 2)
     bad_names = sorted(r["path"] for r in rows if r["error"] and "not valid UTF-8" in r["error"])
-    assert bad_names == [str(lib / "caf\\xe9.wav"), str(lib / "d1" / "na\\xefve.wav")]
+    assert bad_names == [f"non-utf8:{lib}/caf\\xe9.wav", f"non-utf8:{lib}/d1/na\\xefve.wav"]
 
     changed = lib / names[0]
     os.utime(changed, (time.time(), time.time() + 100))
@@ -502,6 +502,48 @@ def test_exactly_one_row_per_file_through_changes_deletions_and_broken_parts(ray
     assert (Path(parts_dir_of(str(out))) / "broken" / Path(parts[0]).name).exists()  # kept, not deleted
     assert fifth.files == 7 and fifth.new >= 1  # their files were labelled again
     assert {r["path"] for r in rows} == {*(str(lib / n) for n in names if n != names[1]), *bad_names}
+
+
+def test_resume_ignores_links_and_strays_rebuilds_a_lost_run_file_and_sets_aside_other_models(
+        ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue #19 through a real run: a link named like a part, stray files and a part of another model in
+    OUT.parts, then a deleted run.json; each rerun keeps exactly one row per file of this model, touching none."""
+    lib = tmp_path / "lib"
+    for i in range(3):
+        write_tone_track(lib / f"t{i}.wav", 3.5, seed=i)
+    model = random_model(tmp_path / "model")
+    out = tmp_path / "labels.parquet"
+    first = label_library(str(lib), str(out), cfg(files_per_part=2), model_dir=model, progress=False)
+    assert (first.files, first.new) == (3, 3)
+    parts = Path(parts_dir_of(str(out)))
+    victim = tmp_path / "thesis.docx"
+    victim.write_bytes(b"PK\x03\x04 three years of work")
+    (parts / "part-999999-deadbeef.parquet").symlink_to(victim)
+    (parts / "notes.txt").write_text("mine\n")
+    (parts / "part-x.parquet").write_bytes(b"PAR1")
+    foreign = pq.read_table(list_parts(str(parts))[0]).to_pylist()
+    for r in foreign:
+        r["model"], r["genre"] = "another-model", "jazz"
+    pq.write_table(pa.Table.from_pylist(foreign, schema=output_schema(GENRES)), parts / "part-000500-0000beef.parquet")
+    capsys.readouterr()
+
+    again = label_library(str(lib), str(out), cfg(), model_dir=model, progress=False)
+    err = capsys.readouterr().err
+    table = pq.read_table(out)
+    assert sorted(table.column("path").to_pylist()) == sorted(str(lib / f"t{i}.wav") for i in range(3))
+    assert set(table.column("model").to_pylist()) == {first.model}  # the other model's rows never merged
+    assert (again.files, again.new) == (3, 0)  # run.json rebuilt from the agreeing parts: nothing relabelled
+    for word in ("part-999999-deadbeef.parquet is a symbolic link", "notes.txt", "part-x.parquet",
+                 "part-000500-0000beef.parquet: made with model another-model: set aside in other-runs/"):
+        assert word in err, (word, err)
+    assert (parts / "other-runs" / "part-000500-0000beef.parquet").exists()
+
+    (parts / "run.json").unlink()  # lost: the parts left all agree with this run, so it is rebuilt
+    third = label_library(str(lib), str(out), cfg(), model_dir=model, progress=False)
+    assert "run.json is missing: rebuilt from the" in capsys.readouterr().err
+    assert (third.files, third.new) == (3, 0) and pq.read_table(out).num_rows == 3
+    assert victim.read_bytes() == b"PK\x03\x04 three years of work"
+    assert (parts / "part-999999-deadbeef.parquet").is_symlink() and (parts / "notes.txt").read_text() == "mine\n"
 
 
 # -------------------------------------------------------------------------------------- output formats

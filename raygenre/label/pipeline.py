@@ -39,13 +39,13 @@ from raygenre.config import FeatureParams, LabelConfig
 from raygenre.label.parts import (
     FORMATS,
     PartWriter,
+    check_label_output,
     consolidate,
     next_part_index,
     output_schema,
     parts_dir_of,
     prepare_parts,
     run_lock,
-    set_aside_broken_parts,
 )
 from raygenre.label.predict import Predictor, decode_batch, model_id
 from raygenre.label.scan import SCAN_BLOCK_ROWS, SCAN_SCHEMA, SCAN_SHARDS, library_root, scan_shard
@@ -81,6 +81,7 @@ class LabelResult:
     synthetic: bool  # the model was trained on synthetic data
     error_examples: list[tuple[str, str]] = field(default_factory=list)  # (path, error), a few
     set_aside: list[str] = field(default_factory=list)  # unreadable parts moved to PARTS/broken/ (relabelled)
+    warnings: list[str] = field(default_factory=list)  # printed on stderr as found: ignored entries, set-aside parts
 
     @property
     def resumed(self) -> int:
@@ -105,9 +106,10 @@ def resolve_model_dir(model_dir: str | None) -> str:
 class LibraryScan(Datasource):
     """A Ray Data source over a library folder: ``SCAN_SHARDS`` read tasks, each streaming its shard."""
 
-    def __init__(self, root: str, exts: frozenset[str], parts_dir: str | None, shards: int = SCAN_SHARDS) -> None:
+    def __init__(self, root: str, exts: frozenset[str], parts_dir: str | None, shards: int = SCAN_SHARDS,
+                 model: str | None = None) -> None:
         super().__init__()
-        self.root, self.exts, self.parts_dir, self.shards = root, exts, parts_dir, shards
+        self.root, self.exts, self.parts_dir, self.shards, self.model = root, exts, parts_dir, shards, model
 
     def get_name(self) -> str:
         return "ScanLibrary"
@@ -118,7 +120,8 @@ class LibraryScan(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
         meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
-        return [ReadTask(functools.partial(scan_shard, self.root, k, self.shards, self.exts, self.parts_dir),
+        return [ReadTask(functools.partial(scan_shard, self.root, k, self.shards, self.exts, self.parts_dir,
+                                           model=self.model),
                          meta, schema=SCAN_SCHEMA, per_task_row_limit=per_task_row_limit)
                 for k in range(self.shards)]
 
@@ -150,7 +153,7 @@ def _build_dataset(root: str, cfg: LabelConfig, params: FeatureParams, model_dir
                    parts_dir: str | None, resources: dict[str, float], starts: Any = None) -> Any:
     """The lazy Ray Data pipeline: scan -> decode (tasks) -> model (actor pool)."""
     actors, actor_cpus, decoders, decode_cpus = _pool_sizes(cfg, resources)
-    scan = LibraryScan(root, frozenset(e.lower().lstrip(".") for e in cfg.extensions), parts_dir)
+    scan = LibraryScan(root, frozenset(e.lower().lstrip(".") for e in cfg.extensions), parts_dir, model=mid)
     # 0 CPU: scanning is I/O, and a scan task parked by back-pressure must not hold a CPU that decoding needs.
     ds = ray.data.read_datasource(scan, num_cpus=0, compute=TaskPoolStrategy(size=SCAN_CONCURRENCY),
                                   override_num_blocks=SCAN_SHARDS)  # no SplitBlocks: the blocks are small
@@ -179,7 +182,7 @@ def _build_dataset(root: str, cfg: LabelConfig, params: FeatureParams, model_dir
 def _stopped_message(cause: str, parts_dir: str, rows: int) -> str:
     """One paragraph for a run that could not go on: why, what is kept, what to do."""
     return (f"labelling stopped: {cause}. The {rows} rows written by this run and all earlier ones are kept in "
-            f"{parts_dir}: run the same command again to resume.")
+            f"{storage.redact(parts_dir)}: run the same command again to resume.")
 
 
 PROGRESS_LINE_SECONDS = 30.0  # without a terminal (ray job logs, CI), one progress line this often
@@ -229,21 +232,30 @@ def _quiet_ray_data() -> Iterator[None]:
         logger.setLevel(before[1])
 
 
+def _warn(text: str) -> None:
+    """One warning line on stderr, at once (a run may take hours, and may not reach its summary)."""
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
 def label_library(library: str, out: str, cfg: LabelConfig, *, model_dir: str | None = None,
                   address: str | None = None, resume: bool = True, keep_deleted: bool = False,
-                  progress: bool = True) -> LabelResult:
+                  overwrite: bool = False, progress: bool = True) -> LabelResult:
     """Label every audio file under ``library``; write one row per file to ``out`` in ``cfg.format``.
 
     ``model_dir`` defaults to the workspace's best model (``NoModelError`` when there is none). With
     ``resume``, files already in ``OUT.parts/`` (same path, size and mtime) are skipped and the rest appended.
     Rows of files no longer in the library are left out of ``out`` unless ``keep_deleted``.
-    Raises ``ValueError`` subclasses for usage errors; bad audio files never raise (they become error rows).
+    Before any work (before Ray), ``out`` must be absent or a label table raygenre wrote; ``overwrite`` lets
+    it replace another file (never a folder; a symlink is replaced itself): ``parts.check_label_output``.
+    Raises ``ValueError`` subclasses (and ``FileExistsError`` ones for ``out``) for usage errors; bad audio files
+    never raise (they become error rows).
     """
     t0 = time.monotonic()
     if cfg.format not in FORMATS:
         raise ValueError(f"unknown format {cfg.format!r}: choose one of {', '.join(FORMATS)}")
     if cfg.segments_per_track < 1 or cfg.batch_size < 1:
         raise ValueError("segments_per_track and batch_size must be at least 1")
+    check_label_output(out, overwrite=overwrite)
     root = library_root(library)
     model_dir = resolve_model_dir(model_dir)
     model = load_model(model_dir)  # on the driver: its metadata (the actors load their own copy)
@@ -255,8 +267,10 @@ def label_library(library: str, out: str, cfg: LabelConfig, *, model_dir: str | 
     run = {"model": mid, "genres": genres, "segments_per_track": cfg.segments_per_track,
            "features": dataclasses.asdict(model.features), "library": root}
     with run_lock(parts_dir):
-        prepare_parts(parts_dir, run, resume)
-        set_aside = set_aside_broken_parts(parts_dir) if resume else []
+        state = prepare_parts(parts_dir, run, resume)
+        warned = list(state.warnings)
+        for line in warned:
+            _warn(line)
         first = next_part_index(parts_dir)
         schema = output_schema(genres)
         writer = PartWriter(parts_dir, schema, cfg.files_per_part, first)
@@ -276,8 +290,12 @@ def label_library(library: str, out: str, cfg: LabelConfig, *, model_dir: str | 
                     f"the model actors kept dying ({actors} actor(s) started {watchdog.budget + 1}+ times; "
                     f"label.actor_restarts allows {cfg.actor_restarts} restarts): out of memory, or a GPU fault? "
                     f"Ray's logs say why each died", parts_dir, writer.written)) from None
-        tally = consolidate(parts_dir, out, cfg.format, schema, keep_deleted=keep_deleted)
+        tally = consolidate(parts_dir, out, cfg.format, schema, keep_deleted=keep_deleted, model=mid,
+                            overwrite=overwrite)
+        for name in tally.skipped:  # appeared while the run went on; the next resume sets them aside
+            warned.append(f"{storage.redact(parts_dir)}/{name}: not merged into the output")
+            _warn(warned[-1])
     return LabelResult(out=str(out), format=cfg.format, files=tally.files, new=new, errors=tally.errors,
                        genres=tally.genres.most_common(), audio_hours=audio_s / 3600,
                        seconds=time.monotonic() - t0, model=mid, synthetic=bool(model.meta.get("synthetic")),
-                       error_examples=tally.error_examples, set_aside=set_aside)
+                       error_examples=tally.error_examples, set_aside=state.set_aside.broken, warnings=warned)

@@ -4,11 +4,14 @@ The library's top-level entries are split into ``SCAN_SHARDS`` shards by a hash 
 lists the top level itself (streaming ``os.scandir``) and walks only the subtrees of its shard, yielding blocks
 of ``SCAN_BLOCK_ROWS`` paths: it holds one open folder and a stack of pending sub-folders, never a list of files.
 Hidden files and folders (``.name``) are skipped; symlinked folders are followed unless they point back into the
-library or into one of their own ancestors (a loop). Pure: no Ray (``pipeline.LibraryScan`` runs it as a source).
+library or into one of their own ancestors (a loop). A folder that cannot be opened or listed (no permission, a
+path longer than the system allows) and a file whose information cannot be read get an error row each: nothing is
+skipped silently. Pure: no Ray (``pipeline.LibraryScan`` runs it as a source).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import zlib
@@ -19,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from raygenre import storage
-from raygenre.label.parts import list_parts, read_part, safe_str
+from raygenre.label.parts import list_parts, original_path, read_part, safe_str
 
 SCAN_SHARDS = 8  # read tasks; each walks the subtrees of ~1/8 of the top-level entries
 SCAN_BLOCK_ROWS = 8  # paths per scan block = files per decode task: small, so decoding spreads over workers
@@ -46,7 +49,8 @@ def shard_of(name: str, shards: int) -> int:
 
 
 def _shard_of_path(path: str, prefix: str, shards: int) -> int | None:
-    """Shard of a stored absolute path under ``prefix`` (root + "/"), ``None`` when it is elsewhere."""
+    """Shard of a stored path (``safe_str``) under ``prefix`` (root + "/"), ``None`` when it is elsewhere."""
+    path = original_path(path)  # the real name: what walk_shard shards by
     if not path.startswith(prefix):
         return None
     return shard_of(path[len(prefix):].split("/", 1)[0], shards)
@@ -71,24 +75,61 @@ def _inside(path: str, root_real: str) -> bool:
     return path == root_real or path.startswith(root_real.rstrip("/") + "/")
 
 
+def path_max(root: str) -> int:
+    """The longest path the system takes, in bytes with the final NUL (PATH_MAX: 4096 on Linux)."""
+    try:
+        return int(os.pathconf(root, "PC_PATH_MAX"))
+    except (OSError, ValueError):
+        return 4096
+
+
+def _too_long(path: str, limit: int) -> str | None:
+    """The error for a path the system cannot open (``limit``: ``path_max``), else ``None``."""
+    size = len(os.fsencode(path))
+    if size < limit:
+        return None
+    return (f"path too long: {size} bytes, the system opens at most {limit - 1}; move it closer to the top of the "
+            f"library")
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.ENAMETOOLONG:
+        return "path too long for the system to open; move it closer to the top of the library"
+    return exc.strerror or str(exc)
+
+
 def _consider(entry: os.DirEntry[str], ancestors: tuple[tuple[int, int], ...], root_real: str,
-              exts: frozenset[str], stack: list[tuple[str, tuple[tuple[int, int], ...]]]) -> Iterator[_Found]:
-    """Queue a sub-folder on ``stack`` or yield an audio file (by extension); ignore anything else."""
+              exts: frozenset[str], stack: list[tuple[str, tuple[tuple[int, int], ...]]],
+              limit: int = 4096) -> Iterator[_Found]:
+    """Queue a sub-folder on ``stack`` or yield an audio file (by extension); ignore anything else.
+
+    A folder that cannot be opened (its path too long, its information unreadable) yields an error row: the
+    files under it cannot be found, and the row says why.
+    """
     try:
         is_dir = entry.is_dir(follow_symlinks=True)
     except OSError:
         is_dir = False
     if is_dir:
+        too_long = _too_long(entry.path, limit)
+        if too_long:
+            yield _Found(entry.path, 0, 0.0, f"cannot list this folder: {too_long}")
+            return
         try:
             if entry.is_symlink() and _inside(os.path.realpath(entry.path), root_real):
                 return  # points back into the library: walked anyway (or a loop)
             did = _dir_id(entry.path)
-        except OSError:
+        except OSError as exc:
+            yield _Found(entry.path, 0, 0.0, f"cannot list this folder: {_reason(exc)}")
             return
         if did not in ancestors:  # a symlink to one of its own ancestors would loop
             stack.append((entry.path, (*ancestors, did)))
         return
     if os.path.splitext(entry.name)[1].lower().lstrip(".") not in exts:
+        return
+    too_long = _too_long(entry.path, limit)
+    if too_long:  # no stat, no decoder: nothing can open it
+        yield _Found(entry.path, 0, 0.0, too_long)
         return
     try:
         st = entry.stat(follow_symlinks=True)
@@ -99,7 +140,7 @@ def _consider(entry: os.DirEntry[str], ancestors: tuple[tuple[int, int], ...], r
     except FileNotFoundError:
         yield _Found(entry.path, 0, 0.0, "broken symbolic link: its target does not exist")
     except OSError as exc:
-        yield _Found(entry.path, 0, 0.0, f"cannot read the file's information: {exc.strerror or exc}")
+        yield _Found(entry.path, 0, 0.0, f"cannot read the file's information: {_reason(exc)}")
 
 
 def walk_shard(root: str, shard: int, shards: int, exts: frozenset[str]) -> Iterator[_Found]:
@@ -110,32 +151,42 @@ def walk_shard(root: str, shard: int, shards: int, exts: frozenset[str]) -> Iter
     """
     root_real = os.path.realpath(root)
     base = (_dir_id(root),)
+    limit = path_max(root)
     stack: list[tuple[str, tuple[tuple[int, int], ...]]] = []
     with os.scandir(root) as top:
         for entry in top:
-            # by the stored (UTF-8-safe) name: what load_done shards the rows of earlier runs by
-            if entry.name.startswith(".") or shard_of(safe_str(entry.name)[0], shards) != shard:
+            # by the real name (bytes): what load_done shards the rows of earlier runs by (via original_path)
+            if entry.name.startswith(".") or shard_of(entry.name, shards) != shard:
                 continue
-            yield from _consider(entry, base, root_real, exts, stack)
+            yield from _consider(entry, base, root_real, exts, stack, limit)
             while stack:
                 folder, ancestors = stack.pop()
                 try:
                     with os.scandir(folder) as it:
                         for sub in it:
                             if not sub.name.startswith("."):
-                                yield from _consider(sub, ancestors, root_real, exts, stack)
+                                yield from _consider(sub, ancestors, root_real, exts, stack, limit)
                 except OSError as exc:
-                    yield _Found(folder, 0, 0.0, f"cannot list this folder: {exc.strerror or exc}")
+                    yield _Found(folder, 0, 0.0, f"cannot list this folder: {_reason(exc)}")
 
 
-def load_done(parts_dir: str, root: str, shard: int, shards: int) -> dict[str, tuple[int, float]]:
-    """{path: (size, mtime)} of rows already in the parts, for this shard only (1/shards of the library)."""
+def load_done(parts_dir: str, root: str, shard: int, shards: int,
+              model: str | None = None) -> dict[str, tuple[int, float]]:
+    """{path: (size, mtime)} of rows already in the parts, for this shard only (1/shards of the library).
+
+    With ``model``, only that model's rows count. A part that cannot be read as a label part (planted while
+    the run goes on) counts for nothing: its files are labelled, and the next resume sets it aside.
+    """
     prefix = root.rstrip("/") + "/"
     done: dict[str, tuple[int, float]] = {}
     for part in list_parts(parts_dir):
-        cols = read_part(part, ["path", "size", "mtime"]).to_pydict()
-        for p, s, m in zip(cols["path"], cols["size"], cols["mtime"], strict=True):
-            if _shard_of_path(p, prefix, shards) == shard:
+        try:
+            cols = read_part(part, ["path", "size", "mtime", *(["model"] if model else [])]).to_pydict()
+        except (pa.ArrowException, OSError):
+            continue
+        models = cols.get("model") or [model] * len(cols["path"])
+        for p, s, m, mid in zip(cols["path"], cols["size"], cols["mtime"], models, strict=True):
+            if mid == model and _shard_of_path(p, prefix, shards) == shard:
                 done[p] = (s, m)
     return done
 
@@ -145,12 +196,13 @@ SCAN_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime", 
 
 
 def scan_shard(root: str, shard: int, shards: int, exts: frozenset[str], parts_dir: str | None,
-               block_rows: int = SCAN_BLOCK_ROWS) -> Iterator[pa.Table]:
-    """Read task body: blocks (``SCAN_SCHEMA``) of files in ``shard`` that have no row in the parts yet.
+               block_rows: int = SCAN_BLOCK_ROWS, model: str | None = None) -> Iterator[pa.Table]:
+    """Read task body: blocks (``SCAN_SCHEMA``) of files in ``shard`` that have no row (of ``model``, when
+    given) in the parts yet.
 
     ``replaces`` marks a file whose path has a row for another (size, mtime): it changed and is relabelled.
     """
-    done = load_done(parts_dir, root, shard, shards) if parts_dir else {}
+    done = load_done(parts_dir, root, shard, shards, model) if parts_dir else {}
     rows: dict[str, list[Any]] = {k: [] for k in SCAN_SCHEMA.names}
     for found in walk_shard(root, shard, shards, exts):
         path, name_error = safe_str(found.path)
