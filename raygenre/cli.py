@@ -189,6 +189,9 @@ def label(
                                 "(same path, size and mtime) and append the rest; --no-resume labels everything."),
     keep_deleted: bool = typer.Option(False, "--keep-deleted", help="Keep the rows of files that were labelled "
                                       "by an earlier run but are no longer in LIBRARY (default: drop them)."),
+    overwrite: bool = typer.Option(False, help="Replace --out even when it is not a label table raygenre wrote "
+                                   "(a label table from an earlier run is replaced without it). A symlink at --out "
+                                   "is replaced itself, its target left untouched; a folder never is."),
     address: str | None = typer.Option(None, help=ADDRESS_HELP),
     config: Path | None = typer.Option(None, help=CONFIG_HELP),
 ) -> None:
@@ -216,7 +219,7 @@ def label(
         cfg = dataclasses.replace(cfg, format=format_of(out))
     try:
         result = label_library(library, out or default_out(cfg.format), cfg, model_dir=model, address=address,
-                               resume=resume, keep_deleted=keep_deleted, progress=True)
+                               resume=resume, keep_deleted=keep_deleted, overwrite=overwrite, progress=True)
     except LabelStopped as exc:  # not a user mistake (exit 2): the run could not go on; its rows are kept
         report.error(exc)
         raise typer.Exit(3) from None
@@ -322,7 +325,11 @@ def tune(
                                               f"(default: {TUNE.max_concurrent})."),
     out: str | None = typer.Option(None, help="Run folder, local or a URI all nodes share "
                                    "(default: `$RAYGENRE_HOME/runs/tune-<time>`; with --resume: the latest)."),
-    resume: bool = typer.Option(False, help="Continue an interrupted search in --out (finished trials are kept)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted search in --out (finished trials are kept). "
+                                "Resuming loads Ray Tune's pickled state, which runs code: raygenre refuses unless "
+                                "tuner.pkl matches the record it wrote when the search started and, on a local "
+                                "disk, everything under OUT/tune/<model> is yours and writable by nobody else. On "
+                                "an object store, whoever can write the prefix can run code in this process."),
     overwrite: bool = typer.Option(False, help="Search again in an --out that holds a finished search (its models "
                                    "and trial tables are replaced; never anything but raygenre tune output)."),
     set_default: bool = typer.Option(True, help="Make the overall best model the default for `raygenre label`."),

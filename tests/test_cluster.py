@@ -12,7 +12,9 @@ only. Every Ray process started here gets its own ``RAY_TMPDIR``/``--temp-dir`` 
 which Ray's State API falls back on, is per temp dir) and ``RAY_ADDRESS``, so nothing here is mistaken for
 another runtime on the machine. ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes Ray resolve "this node" to
 127.0.0.1: without it Ray 2.60 on Linux replaces 127.0.0.1 (``--node-ip-address``, ``ray.init(address=)``)
-with the host's outward address.
+with the host's outward address, and the GCS, raylets, agents and workers listen on every interface even with
+``--node-ip-address 127.0.0.1``. Every head started here is checked: each socket its processes listen on is on
+127.0.0.1 (``test_listen.listening``: ``/proc/<pid>/fd`` + ``/proc/net/tcp*``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 import pytest
+from test_listen import descendants, listening, not_loopback
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL = "127.0.0.1"
@@ -246,6 +249,23 @@ def _logs(head: Head, job_id: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ job tests
 @pytest.mark.slow
+def test_head_listens_on_loopback_only(head: Head) -> None:
+    """The ``ray start --head`` node, with a submitted job's detached actor alive (a worker): every GCS, raylet,
+    dashboard, agent, client server and worker socket is on 127.0.0.1."""
+    code = ("import ray, time; ray.init(); A = ray.remote(num_cpus=0)(type('Probe', (), {'ping': lambda s: 1})); "
+            "a = A.options(name='listen-probe', lifetime='detached').remote(); ray.get(a.ping.remote())")
+    job_id, sub = _submit(head, "listen", ["python", "-c", code], timeout=300)
+    assert sub.returncode == 0, _tail(sub.stdout + sub.stderr)
+    pids = set(_session_pids(head.proc.pid)) | descendants(head.proc.pid)
+    sockets = listening(pids)
+    ports = {port for _, _, _, port in sockets}
+    gcs = int(head.env["RAY_ADDRESS"].rsplit(":", 1)[1])
+    dashboard = int(head.dashboard.rsplit(":", 1)[1])
+    assert {gcs, dashboard} <= ports, sockets  # the helper sees this head's processes
+    assert not not_loopback(sockets), "listening beyond loopback:\n" + "\n".join(not_loopback(sockets))
+
+
+@pytest.mark.slow
 def test_job_submit_trains_then_labels_and_logs_show_progress(head: Head, table: str, library: list[str],
                                                                  tmp_path: Path) -> None:
     import raygenre
@@ -338,7 +358,11 @@ def _run_child(scenario: str, args: dict[str, Any], tmp_path: Path, timeout: flo
         _end_session(proc, grace=30)
     text = log.read_text(errors="replace")
     assert proc.returncode == 0, f"{scenario} exited with {proc.returncode}:\n{_tail(text)}"
-    return json.loads(report.read_text())
+    rep = json.loads(report.read_text())
+    sockets = [tuple(s) for s in rep["listening"]]
+    assert gcs in {s[3] for s in sockets}, sockets  # the child saw its cluster's GCS
+    assert not not_loopback(sockets), "listening beyond loopback:\n" + "\n".join(not_loopback(sockets))
+    return rep
 
 
 @pytest.mark.slow
@@ -481,6 +505,8 @@ def _child(scenario: str, args: dict[str, Any]) -> None:
     try:
         ray.init(address=cluster.address)
         report = {"placement": _child_placement, "node_loss": _child_node_loss}[scenario](args, cluster)
+        # every node of the cluster (head, workers, their agents and workers) and this driver: loopback only
+        report["listening"] = listening(descendants(os.getpid()))
         Path(args["report"]).write_text(json.dumps(report, default=str))
     finally:
         ray.shutdown()

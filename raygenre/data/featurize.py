@@ -5,7 +5,8 @@ Pipeline: discover tracks (driver, small) -> assign splits per track -> Ray Data
 
 The table's layout, columns and readers are its contract, in ``raygenre.data.table``; this module writes it.
 
-Bad files never stop the run: each reject is recorded in the manifest with its reason. The table is written
+Bad files never stop the run: each reject is recorded in the manifest with its reason. A track whose MFCC holds
+NaN or infinity (finite samples far outside [-1, 1] overflow the power spectrum) is a reject too. The table is written
 under a fresh attempt prefix and ``features.json`` is written last, so an interrupted run (on a local disk or
 an object store) leaves nothing that reads as finished, and a rerun succeeds and deletes its leftovers.
 """
@@ -69,6 +70,8 @@ def featurize_batch(batch: dict[str, np.ndarray], params: FeatureParams, segment
             if len(pieces) < MIN_SEGMENTS_PER_TRACK:
                 raise AudioError(f"too short: {y.size / p.sample_rate:.2f} s of audio, "
                                  f"a segment needs {p.segment_seconds:g} s")
+            # AudioError when any value is NaN/inf (finite but huge samples): the track is a reject, never rows
+            # that would make the split's mean/std NaN
             feats = mfcc_of_segments(pieces, extractor)
             error = None
         except AudioError as exc:

@@ -16,6 +16,11 @@ import torch
 import torchaudio
 
 from raygenre.config import FeatureParams
+from raygenre.data.audio import AudioError
+
+# Finite samples can still give NaN/inf: the power spectrum of samples around 1e17 or more overflows float32
+# (a float WAV of about 1e20 gave all-NaN MFCC), and one such segment makes a whole split's statistics NaN.
+NON_FINITE_MFCC = "audio gives non-finite MFCC (samples out of range?)"
 
 
 class MfccExtractor:
@@ -86,7 +91,8 @@ def mfcc_of_segments(pieces: list[np.ndarray], extractor: MfccExtractor) -> np.n
     """MFCC of segments of possibly unequal length (all giving ``params.frames`` frames): (N, frames, n_mfcc).
 
     Full-length segments go through in one batch; the rare shorter-but-still-full-frame ones one by one,
-    because zero-padding them would change their spectrum.
+    because zero-padding them would change their spectrum. Raises ``AudioError`` (``NON_FINITE_MFCC``) when any
+    value is NaN or infinite: featurize and label both get their features here, and neither may keep them.
     """
     p = extractor.params
     out = np.empty((len(pieces), p.frames, p.n_mfcc), dtype=np.float32)
@@ -96,6 +102,8 @@ def mfcc_of_segments(pieces: list[np.ndarray], extractor: MfccExtractor) -> np.n
     for i, s in enumerate(pieces):
         if s.size != p.segment_samples:
             out[i] = extractor(s)[0]
+    if not np.isfinite(out).all():
+        raise AudioError(NON_FINITE_MFCC)
     return out
 
 

@@ -35,8 +35,8 @@ def decode_file(path: str, params: FeatureParams, count: int, timeout_s: float =
 
     Only the windows are decoded where the format can seek. With ``timeout_s > 0`` the decoding runs in the
     worker's decoder child (``raygenre.data.decoder``) and must finish within ``timeout_s`` seconds; 0 decodes
-    in this process. Raises ``AudioError`` for unusable files, including a track shorter than one segment
-    and a file that hangs or crashes its decoder.
+    in this process. Raises ``AudioError`` for unusable files, including a track shorter than one segment,
+    a file that hangs or crashes its decoder, and finite samples whose MFCC is not (``NON_FINITE_MFCC``).
     """
     deadline = time.monotonic() + timeout_s  # one limit for the whole file: header and windows
     limit = {"timeout_s": timeout_s, "deadline": deadline, "setting": "label.decode_timeout_s"}
@@ -54,7 +54,11 @@ def decode_file(path: str, params: FeatureParams, count: int, timeout_s: float =
     if not full:
         raise _with_duration(AudioError(f"no full {params.segment_seconds:g} s segment could be decoded "
                                         f"(header says {duration:.2f} s; the data is shorter or damaged)"), duration)
-    return mfcc_of_segments(full, extractor(params)), duration
+    try:
+        feats = mfcc_of_segments(full, extractor(params))  # AudioError when the MFCC is not finite
+    except AudioError as exc:
+        raise _with_duration(exc, duration) from None
+    return feats, duration
 
 
 def _with_duration(exc: AudioError, duration_s: float) -> AudioError:

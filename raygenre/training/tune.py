@@ -19,9 +19,16 @@ default model, which ``raygenre label`` uses when given no ``--model``.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import grp
+import hashlib
 import math
+import os
+import pwd
+import stat
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -41,6 +48,8 @@ HPARAMS = ("lr", "batch_size", "dropout", "weight_decay", "hidden")
 TUNE_DONE = "tune.json"  # written last by tune_models: the search is finished
 TUNE_NAMES = {"tune", "train", "models", "trials.csv", "trials.parquet", TUNE_DONE}  # what a tune run writes in OUT
 TRIAL_CPU = 0.01  # what a trial actor itself asks for; its Train workers hold the real resources
+TUNER_PKL = "tuner.pkl"  # Ray Tune's pickled Tuner in each experiment folder (written once, by Tuner())
+TUNER_RECORD = "raygenre-tuner.sha256"  # beside it: raygenre's record of the tuner.pkl it saw Tune write
 
 
 @dataclass
@@ -208,6 +217,91 @@ def check_tune_out(out: str, *, resume: bool, overwrite: bool) -> None:
                                         f"search again there, or choose another --out.")
 
 
+class ResumeRefusedError(ValueError):
+    """``tune --resume`` on Tune state that raygenre cannot vouch for (loading it would run its pickles)."""
+
+
+def _refuse(path: str, why: str) -> ResumeRefusedError:
+    return ResumeRefusedError(
+        f"refusing to resume the search in {storage.redact(path)}: {why}. Resuming loads Ray Tune's pickled state "
+        f"(tuner.pkl, experiment and searcher state), which runs code, so raygenre resumes only state it recorded "
+        f"in a folder nobody else can write; run without --resume to search again from scratch (or --overwrite a "
+        f"finished one), or fix the permissions if you trust every file there.")
+
+
+def record_tuner(path: str) -> None:
+    """Write raygenre's record of ``path``'s ``tuner.pkl`` (its SHA-256) beside it; ``check_resumable`` compares it."""
+    digest = hashlib.sha256(storage.read_bytes(storage.join(path, TUNER_PKL))).hexdigest()
+    storage.write_text_atomic(storage.join(path, TUNER_RECORD), digest + "\n")
+
+
+@functools.lru_cache(maxsize=64)
+def _group_is_mine(gid: int) -> bool:
+    """True when group ``gid`` holds nobody but this user (a user-private group, the umask 002 set-up)."""
+    try:
+        group, me = grp.getgrgid(gid), pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return False
+    members = set(group.gr_mem) | {u.pw_name for u in pwd.getpwall() if u.pw_gid == gid}
+    return members <= {me}
+
+
+def _others_can_write(st: os.stat_result) -> bool:
+    return bool(st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and not _group_is_mine(st.st_gid)))
+
+
+def _check_local_tree(experiment: Path, out: Path, path: str) -> None:
+    """Refuse unless only this user (or root, above ``out``) can have written what Tune will load.
+
+    The folders above ``out`` (links resolved) must belong to this user or root and be writable by nobody else
+    unless sticky (``/tmp``: others cannot move this user's entries there); ``out``, ``out/tune`` and every
+    folder and file under the experiment folder must be this user's, writable by nobody else, and no links.
+    """
+    uid = os.getuid()
+    real_out = Path(os.path.realpath(out))
+    for folder in reversed(real_out.parents):
+        st = os.stat(folder)
+        if st.st_uid not in (uid, 0):
+            raise _refuse(path, f"{folder} (above --out) belongs to uid {st.st_uid}, not to you")
+        if _others_can_write(st) and not st.st_mode & stat.S_ISVTX:
+            raise _refuse(path, f"{folder} (above --out) is writable by other users")
+    rel = experiment.relative_to(out)
+    chain = [real_out, *(real_out.joinpath(*rel.parts[: i + 1]) for i in range(len(rel.parts)))]
+    walked = [(d, os.lstat(d)) for d in chain]
+    for root, dirs, files in os.walk(chain[-1]):
+        walked += [(Path(root, n), os.lstat(Path(root, n))) for n in [*dirs, *files]]
+    for entry, st in walked:
+        if stat.S_ISLNK(st.st_mode):
+            raise _refuse(path, f"{entry} is a symbolic link (raygenre and Tune write none)")
+        if st.st_uid != uid:
+            raise _refuse(path, f"{entry} belongs to uid {st.st_uid}, not to you (uid {uid})")
+        if _others_can_write(st):
+            raise _refuse(path, f"{entry} is writable by other users (mode {stat.S_IMODE(st.st_mode):o})")
+
+
+def check_resumable(path: str, out: str) -> None:
+    """Refuse (``ResumeRefusedError``) to let Tune restore the experiment folder ``path`` (under ``out``) unless
+    raygenre can vouch for it: ``tuner.pkl`` must match the record raygenre wrote when the search started, and on
+    a local disk every file and folder Tune reads must be this user's and writable by nobody else.
+
+    ``Tuner.restore`` unpickles ``tuner.pkl``, the experiment state (trials' pickled fields), the searcher state
+    and trial results: whoever can write them runs code in this process. On an object store there is no owner
+    to check: the record catches a replaced ``tuner.pkl`` (or one raygenre never wrote), but anyone who can write
+    the bucket's prefix can still rewrite the rest, so write access to it is the trust boundary.
+    """
+    local, local_out = storage.local_path(path), storage.local_path(out)
+    if local is not None and local_out is not None:
+        _check_local_tree(local, local_out, path)
+    record = storage.join(path, TUNER_RECORD)
+    if not storage.exists(record):
+        raise _refuse(path, f"{TUNER_RECORD} is missing (tuner.pkl was not written by this raygenre's search)")
+    expected = storage.read_text(record).strip()
+    found = hashlib.sha256(storage.read_bytes(storage.join(path, TUNER_PKL))).hexdigest()
+    if found != expected:
+        raise _refuse(path, f"tuner.pkl is not the one raygenre recorded when the search started (SHA-256 "
+                            f"{found[:12]}..., recorded {expected[:12]}...)")
+
+
 def tune_run_dir(resume: bool) -> str:
     """The default tune ``out``: with ``resume``, the workspace's latest ``runs/tune-*``; else a new one."""
     runs = sorted((workspace.home() / "runs").glob("tune-*")) if resume else []
@@ -223,11 +317,17 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, *, resume: bool = 
 
     ``out`` (local path or URI all nodes share) holds ``tune/<model>`` (Tune's experiment folders: trial
     results, TensorBoard events), ``train/`` (each trial's Ray Train checkpoints), ``models/``,
-    ``trials.csv`` and ``trials.parquet``. ``resume`` continues an interrupted search in the same ``out``.
+    ``trials.csv`` and ``trials.parquet``. ``resume`` continues an interrupted search in the same ``out``, after
+    ``check_resumable`` (``ResumeRefusedError`` for Tune state raygenre cannot vouch for: it is pickled).
     """
     t0 = time.time()
     base = cfg.train
     grace = grace_period(cfg)
+    experiments = storage.join(out, "tune")
+    if resume:  # every model's state, before any work (and again right before each restore)
+        for model in cfg.models:
+            if tune.Tuner.can_restore(storage.join(experiments, model)):
+                check_resumable(storage.join(experiments, model), out)
     resources = ensure_ray(address)
     concurrent, per_worker = plan_concurrency(resources, cfg)
     gpus_per_worker = cfg.gpus_per_trial / cfg.workers_per_trial if cfg.gpus_per_trial > 0 else 0.0
@@ -241,7 +341,6 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, *, resume: bool = 
                                     gpu=cfg.gpus_per_trial > 0, seed=cfg.seed)
         prepared = prepare(feature_table, mbase)
         prepared_by_model[model] = prepared
-        experiments = storage.join(out, "tune")
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, prepared=prepared, base=mbase, train_storage=storage.join(out, "train"),
                                  cpus_per_worker=per_worker, gpus_per_worker=gpus_per_worker),
@@ -249,6 +348,7 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, *, resume: bool = 
         )
         path = storage.join(experiments, model)
         if resume and tune.Tuner.can_restore(path):
+            check_resumable(path, out)  # Tune unpickles what is there: only state raygenre can vouch for
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
             if storage.exists(path):
@@ -268,6 +368,7 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, *, resume: bool = 
                 run_config=tune.RunConfig(name=model, storage_path=experiments, verbose=verbose,
                                           failure_config=tune.FailureConfig(max_failures=base.max_failures)),
             )
+            record_tuner(path)  # Tuner() has just written tuner.pkl (never rewritten): what --resume may load
         results = tuner.fit()
         table = trial_table(model, results, cfg.max_epochs)
         tables.append(table)
