@@ -152,6 +152,33 @@ def test_table_rows_labels_and_manifest(table) -> None:
     assert np.abs(mfcc[3] - ref).max() / np.abs(ref).max() < 1e-4
 
 
+def test_written_blocks_mix_genres(table) -> None:
+    """The tracks are shuffled (seeded) before decoding: in discovery order each block held one genre."""
+    import pyarrow.parquet as pq
+
+    files = sorted(Path(table_path(str(table[1]))).glob("*.parquet"))
+    mixed = [f for f in files if len(set(pq.read_table(f, columns=["genre"]).column("genre").to_pylist())) > 1]
+    assert len(files) >= 4 and len(mixed) >= len(files) // 2, (len(files), len(mixed))
+
+
+def test_summary_is_one_row_per_track() -> None:
+    """What the driver gathers for the manifest: per track, never per segment."""
+    import pyarrow as pa
+
+    from raygenre.data.featurize import summarize_batch
+
+    batch = pa.table({"track_id": ["a", "a", "a", "b", "c"], "genre": ["rock"] * 3 + ["jazz", "jazz"],
+                      "split": ["train"] * 3 + ["val", "test"], "error": [None, None, None, "too short", None],
+                      "dropped": pa.array([1, 0, 0, 0, 0], type=pa.int32())})
+    out = summarize_batch(batch).to_pydict()
+    assert out["track_id"] == ["a", "b", "c"] and out["segments"] == [3, 0, 1]
+    assert out["dropped"] == [1, 0, 0] and out["error"] == [None, "too short", None]
+    # a block with no reject: Arrow's all-null column (numpy would have made it NaN, counted as a reject)
+    clean = summarize_batch(batch.slice(0, 3).set_column(3, "error", pa.nulls(3))).to_pydict()
+    assert clean["segments"] == [3] and clean["error"] == [None]
+    assert out["genre"] == ["rock", "jazz", "jazz"] and out["split"] == ["train", "val", "test"]
+
+
 def test_no_track_in_two_splits(table) -> None:
     meta, _ = read_mfcc_table(str(table[1]))
     splits_of: dict[str, set[str]] = {}
