@@ -255,6 +255,10 @@ def train(
     patience: int | None = typer.Option(None, help="Then stop after this many epochs without a new best "
                                         f"validation accuracy (default: {TRAIN.patience})."),
     seed: int | None = typer.Option(None, help=f"Seed for data order and initialisation (default: {TRAIN.seed})."),
+    deterministic: bool | None = typer.Option(None, "--deterministic/--no-deterministic", help="Deterministic "
+                                              "kernels on every worker (cuDNN included), so a GPU run repeats "
+                                              "exactly; slower on GPUs "
+                                              f"(default: {'on' if TRAIN.deterministic else 'off'})."),
     out: str | None = typer.Option(None, help="Model artifact folder, local or URI (default: "
                                    "`$RAYGENRE_HOME/models/<model>`, replaced on every run)."),
     overwrite: bool = typer.Option(False, help="Replace the model --out already holds (never anything else)."),
@@ -278,7 +282,7 @@ def train(
     cfg = load_config(TrainConfig, config, {
         "model": model, "epochs": epochs, "workers": workers, "gpu": gpu, "lr": lr, "batch_size": batch_size,
         "dropout": dropout, "weight_decay": weight_decay, "hidden": hidden, "min_epochs": min_epochs,
-        "patience": patience, "seed": seed})
+        "patience": patience, "seed": seed, "deterministic": deterministic})
     result = train_model(features, cfg, out, overwrite=overwrite, storage_path=storage_path,
                          set_default=set_default, address=address, say=report.say, on_epoch=report.epoch_line)
     report.train_done(result, cfg)
@@ -319,8 +323,9 @@ def tune(
     features: str | None = typer.Option(None, help="Feature table (default: the built-in synthetic dataset)."),
     workers_per_trial: int | None = typer.Option(None, help="Ray Train workers per trial "
                                                  f"(default: {TUNE.workers_per_trial})."),
-    gpus_per_trial: float | None = typer.Option(None, help="GPUs per trial, may be fractional "
-                                                f"(default: {TUNE.gpus_per_trial:g})."),
+    gpus_per_trial: float | None = typer.Option(None, help="GPUs per trial: a fraction shares a GPU between "
+                                                "trials (one worker each); a whole number N > 1 runs N workers, "
+                                                f"one GPU each (default: {TUNE.gpus_per_trial:g})."),
     max_concurrent: int | None = typer.Option(None, help="Trials at once; 0 = as many as the cluster holds "
                                               f"(default: {TUNE.max_concurrent})."),
     out: str | None = typer.Option(None, help="Run folder, local or a URI all nodes share "

@@ -307,6 +307,9 @@ class TrainConfig:
     bn_recompute: bool  # recompute BatchNorm statistics over the train split after every epoch
     max_failures: int = rule(Range(0, 1000))  # worker failures tolerated (resume from the last checkpoint)
     seed: int = rule(SEED)
+    # ray.train.torch.enable_reproducibility on every worker: deterministic kernels (cuDNN too), so a GPU run
+    # repeats exactly; slower on GPUs, and an op with no deterministic kernel raises instead of running
+    deterministic: bool
     # batch_size >= workers is checked where workers is known to hold: raygenre train (prepare) and TuneConfig
     # (a tune file's nested train.workers is replaced by workers_per_trial, so it is no rule of this class).
 
@@ -394,7 +397,25 @@ class TuneConfig:
     search_spaces: dict[str, dict[str, Any]] = rule(SearchSpaces())
     train: TrainConfig  # the trials' base (patience, min_epochs, bn_*, max_failures); tune sets the rest per trial
 
+    @property
+    def trial_workers(self) -> int:
+        """Ray Train workers per trial: ``gpus_per_trial`` when it is above 1 (one GPU each), else
+        ``workers_per_trial``."""
+        return int(self.gpus_per_trial) if self.gpus_per_trial > 1 else self.workers_per_trial
+
     def _check(self, where: str) -> None:
+        gpus, workers = self.gpus_per_trial, self.workers_per_trial
+        if 0 < gpus < 1 and workers > 1:  # NCCL refuses two ranks on one device (ray-project/ray#48012)
+            raise _fail(f"{where}.gpus_per_trial", f"{gpus:g}: a fraction of a GPU holds one worker, not "
+                        f"{workers}: two DDP workers on one GPU fail in NCCL (\"Duplicate GPU detected\"); use "
+                        f"workers_per_trial 1 with a fraction, or whole GPUs", f"{where}.workers_per_trial")
+        if gpus > 1 and not float(gpus).is_integer():
+            raise _fail(f"{where}.gpus_per_trial", f"{gpus:g}: above 1 it must be a whole number (one worker per "
+                        f"GPU)")
+        if gpus > 1 and workers not in (1, int(gpus)):
+            raise _fail(f"{where}.workers_per_trial", f"{workers}: with gpus_per_trial {gpus:g} each trial runs "
+                        f"{int(gpus)} workers, one per GPU; leave workers_per_trial at 1 or set it to "
+                        f"{int(gpus)}", f"{where}.gpus_per_trial")
         missing = [m for m in self.models if m not in self.search_spaces]
         if missing:
             raise _fail(f"{where}.search_spaces", f"no search space for {', '.join(missing)}, which tune.models "
@@ -405,8 +426,8 @@ class TuneConfig:
             if searched is not None:
                 sizes[f"{where}.search_spaces.{model}.batch_size"] = min(searched.get("values") or [searched["low"]])
             for key, size in sizes.items():
-                if size < self.workers_per_trial:
-                    raise _fail(key, f"{size}: must be >= workers_per_trial ({self.workers_per_trial}): the batch "
+                if size < self.trial_workers:
+                    raise _fail(key, f"{size}: must be >= workers_per_trial ({self.trial_workers}): the batch "
                                 f"is the global one, split across a trial's workers", f"{where}.workers_per_trial")
 
 

@@ -170,7 +170,9 @@ def test_worker_killed_mid_run_resumes_from_its_last_checkpoint(baseline, table:
 
 
 def test_same_seed_same_metrics(table: str, tmp_path: Path) -> None:
-    runs = [train(table, cfg(model="cnn", workers=1, epochs=2, seed=7), str(tmp_path / f"m{i}"),
+    """Two runs with one seed agree exactly; the second with ``deterministic`` (enable_reproducibility on the
+    worker), which must change nothing on CPU, where the kernels already are deterministic."""
+    runs = [train(table, cfg(model="cnn", workers=1, epochs=2, seed=7, deterministic=i == 1), str(tmp_path / f"m{i}"),
                   storage_path=str(tmp_path / "runs")) for i in range(2)]
     assert losses(runs[0].history) == losses(runs[1].history)
     assert runs[0].test == runs[1].test

@@ -15,7 +15,7 @@ import yaml
 from conftest import write_feature_table
 
 import raygenre
-from raygenre.config import TuneConfig, load_config
+from raygenre.config import ConfigError, TuneConfig, load_config
 from raygenre.training.tune import grace_period, plan_concurrency, tune_models
 
 TINY = {"num_samples": 2, "max_epochs": 3, "grace_period": 1, "reduction_factor": 2}
@@ -34,6 +34,43 @@ def test_concurrency_fits_the_cluster() -> None:
     assert plan_concurrency({"CPU": 16.0}, capped)[0] == 1
     with pytest.raises(ValueError, match="tune needs at least"):  # 1 CPU: nothing left for a worker
         plan_concurrency({"CPU": 1.0}, cfg)
+
+
+def test_gpu_trials_are_planned_or_refused_before_any_work() -> None:
+    """Fractions hold one worker; N > 1 GPUs means N workers of one GPU each; no GPU on the cluster fails fast."""
+    two = load_config(TuneConfig, overrides={"gpus_per_trial": 2})
+    assert two.trial_workers == 2
+    assert plan_concurrency({"CPU": 16.0, "GPU": 4.0}, two)[0] == 2  # 4 GPUs hold two 2-GPU trials
+    assert load_config(TuneConfig, overrides={"gpus_per_trial": 0.5}).trial_workers == 1
+    with pytest.raises(ConfigError, match=r"tune\.gpus_per_trial: 0\.5: a fraction of a GPU holds one worker"):
+        load_config(TuneConfig, overrides={"gpus_per_trial": 0.5, "workers_per_trial": 2})
+    with pytest.raises(ConfigError, match=r"tune\.gpus_per_trial: 1\.5: above 1 it must be a whole number"):
+        load_config(TuneConfig, overrides={"gpus_per_trial": 1.5})
+    with pytest.raises(ConfigError, match=r"tune\.workers_per_trial: 3: with gpus_per_trial 2 each trial runs 2"):
+        load_config(TuneConfig, overrides={"gpus_per_trial": 2, "workers_per_trial": 3})
+    with pytest.raises(ValueError, match="gpus_per_trial 1, but the Ray cluster has no GPU"):
+        plan_concurrency({"CPU": 16.0}, load_config(TuneConfig, overrides={"gpus_per_trial": 1}))
+    with pytest.raises(ValueError, match=r"gpus_per_trial 2, but the Ray cluster has 1 GPU\(s\)"):
+        plan_concurrency({"CPU": 16.0, "GPU": 1.0}, two)
+
+
+def test_trials_get_the_data_by_reference(tmp_path: Path, ray_local) -> None:
+    """One copy for a whole search: what a trial receives (tune.with_parameters puts it in the object store)
+    holds the splits' ObjectRef, not the arrays, and the driver's arrays are views of the object store's copy."""
+    import ray
+
+    from raygenre.config import TrainConfig
+    from raygenre.training.train import prepare
+
+    write_feature_table(tmp_path / "t", tracks={"train": 40, "val": 4, "test": 2})
+    prepared = prepare(str(tmp_path / "t"), load_config(TrainConfig, overrides={"workers": 1}))
+    x = prepared.arrays["train"][0]
+    assert x.nbytes > 1_000_000 and not x.flags.writeable  # a view of the store's (read-only) copy
+    sent = ray.cloudpickle.dumps(prepared.by_reference())
+    assert len(sent) < 100_000, len(sent)  # the config, the statistics and a reference: no array
+    assert len(ray.cloudpickle.dumps(prepared)) > x.nbytes  # what was sent before: the arrays again
+    with pytest.raises(ValueError, match="by_reference needs prepare"):
+        prepare(str(tmp_path / "t"), load_config(TrainConfig, overrides={"workers": 1}), put=False).by_reference()
 
 
 def test_grace_period_is_half_the_budget_unless_set() -> None:

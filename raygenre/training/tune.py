@@ -141,18 +141,24 @@ def plan_concurrency(resources: dict[str, float], cfg: TuneConfig) -> tuple[int,
     each. On small machines workers get at most half a CPU. With GPUs, the GPU count bounds concurrency.
     """
     cpus = float(resources.get("CPU", 1.0))
+    gpus = float(resources.get("GPU", 0.0))
+    if cfg.gpus_per_trial > gpus:  # Tune would leave every trial PENDING forever
+        raise ValueError(f"gpus_per_trial {cfg.gpus_per_trial:g}, but the Ray cluster has "
+                         f"{'no GPU' if not gpus else f'{gpus:g} GPU(s)'}: use --gpus-per-trial 0 to tune on CPUs, "
+                         f"or a cluster with GPUs")
+    workers = cfg.trial_workers
     per_worker = 1.0 if cpus >= 4 else 0.5
-    fit = max(1, math.floor((cpus - 1.0) / (cfg.workers_per_trial * per_worker + TRIAL_CPU)))
+    fit = max(1, math.floor((cpus - 1.0) / (workers * per_worker + TRIAL_CPU)))
     if cfg.gpus_per_trial > 0:
         fit = min(fit, max(1, math.floor(float(resources.get("GPU", 0.0)) / cfg.gpus_per_trial + 1e-9)))
     if cfg.max_concurrent > 0:
         fit = min(fit, cfg.max_concurrent)
     spare = cpus - 1.0 - fit * TRIAL_CPU
-    per_worker = min(per_worker, math.floor(100 * spare / (fit * cfg.workers_per_trial)) / 100)
+    per_worker = min(per_worker, math.floor(100 * spare / (fit * workers)) / 100)
     if per_worker < MIN_WORKER_CPU:  # a trial would crawl or wait forever: say so instead
-        raise ValueError(f"the Ray cluster has {cpus:g} CPUs: too few for {cfg.workers_per_trial} Train worker(s) "
+        raise ValueError(f"the Ray cluster has {cpus:g} CPUs: too few for {workers} Train worker(s) "
                          f"per trial plus the CPU the data pipeline needs; tune needs at least "
-                         f"{1.0 + TRIAL_CPU + cfg.workers_per_trial * MIN_WORKER_CPU:.2f} (use "
+                         f"{1.0 + TRIAL_CPU + workers * MIN_WORKER_CPU:.2f} (use "
                          f"--workers-per-trial 1, or a machine/cluster with 2+ CPUs)")
     return fit, per_worker
 
@@ -330,19 +336,28 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, *, resume: bool = 
                 check_resumable(storage.join(experiments, model), out)
     resources = ensure_ray(address)
     concurrent, per_worker = plan_concurrency(resources, cfg)
-    gpus_per_worker = cfg.gpus_per_trial / cfg.workers_per_trial if cfg.gpus_per_trial > 0 else 0.0
-    tables, best, prepared_by_model = [], {}, {}
+    gpus_per_worker = cfg.gpus_per_trial / cfg.trial_workers if cfg.gpus_per_trial > 0 else 0.0
+    tables, best = [], {}
     feature_table = open_table(features_dir)  # features.json: read once for the whole search
+
+    def model_base(model: str) -> TrainConfig:
+        return dataclasses.replace(base, model=model, epochs=cfg.max_epochs, workers=cfg.trial_workers,
+                                   gpu=cfg.gpus_per_trial > 0, seed=cfg.seed)
+
+    # The data, once for the whole search: the splits and their statistics do not depend on the model, so one
+    # prepare reads them and puts them in the object store once; every trial of every model gets the reference
+    # (by_reference), never the arrays. Before, each model prepared (and put) its own copy and with_parameters
+    # put another: 3 models were 3 copies in the driver and 6 in the object store.
+    shared = prepare(feature_table, model_base(cfg.models[0]))
     synthetic = feature_table.synthetic
     for model in cfg.models:
         if model not in cfg.search_spaces:
             raise ValueError(f"no search space for model {model!r} in the tune config")
-        mbase = dataclasses.replace(base, model=model, epochs=cfg.max_epochs, workers=cfg.workers_per_trial,
-                                    gpu=cfg.gpus_per_trial > 0, seed=cfg.seed)
-        prepared = prepare(feature_table, mbase)
-        prepared_by_model[model] = prepared
+        mbase = model_base(model)
+        prepared = shared.for_trial(effective_config(mbase))
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, prepared=prepared, base=mbase, train_storage=storage.join(out, "train"),
+            tune.with_parameters(run_trial, prepared=prepared.by_reference(), base=mbase,
+                                 train_storage=storage.join(out, "train"),
                                  cpus_per_worker=per_worker, gpus_per_worker=gpus_per_worker),
             {"cpu": TRIAL_CPU},
         )
