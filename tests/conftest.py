@@ -86,6 +86,18 @@ def ray_local() -> Iterator[None]:
     ray.shutdown()
 
 
+def tree_of(root: Path) -> dict[str, bytes | str]:
+    """Every entry under ``root`` (links not followed): file bytes, ``"-> target"`` for a link, ``"dir"`` for a
+    folder. The "victim byte-for-byte unchanged" tests compare it before and after."""
+    out: dict[str, bytes | str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            out[rel] = (f"-> {os.readlink(p)}" if p.is_symlink() else "dir" if p.is_dir() else p.read_bytes())
+    return out
+
+
 def write_tone_track(path: Path, seconds: float, sr: int = 22050, seed: int = 0, channels: int = 1,
                      subtype: str = "PCM_16", fmt: str | None = None) -> np.ndarray:
     """Write a real-looking test signal (harmonics + noise + amplitude envelope); return it (frames, channels)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -42,6 +43,16 @@ def test_missing_file_and_folder(tmp_path: Path) -> None:
     assert load_config(TrainConfig, tmp_path / "empty.yaml") == load_config(TrainConfig)
 
 
+def _cli_error(tmp_path: Path, args: list[str], bad_yaml: str) -> tuple[Any, list[str]]:
+    """Run the CLI in-process with ``{folder}``/``{bad}`` filled in (``bad.yaml`` holds ``bad_yaml``); assert it
+    exits 2; return the result and its non-empty output lines."""
+    (tmp_path / "bad.yaml").write_text(bad_yaml)
+    argv = [a.format(folder=tmp_path, bad=tmp_path / "bad.yaml") for a in args]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    return result, [line for line in result.output.splitlines() if line.strip()]
+
+
 @pytest.mark.parametrize("args", [
     ["train", "--config", "{folder}"],
     ["train", "--config", "{bad}"],
@@ -50,12 +61,8 @@ def test_missing_file_and_folder(tmp_path: Path) -> None:
     ["synth", "{folder}/out", "--difficulty", "medium", "--tracks-per-genre", "1"],
 ])
 def test_cli_says_one_line_and_exits_2(tmp_path: Path, args: list[str]) -> None:
-    (tmp_path / "bad.yaml").write_text("epochs: [1, 2\n")
-    argv = [a.format(folder=tmp_path, bad=tmp_path / "bad.yaml") for a in args]
-    result = CliRunner().invoke(app, argv)
-    assert result.exit_code == 2, result.output
+    result, lines = _cli_error(tmp_path, args, "epochs: [1, 2\n")
     assert result.exception is None or isinstance(result.exception, SystemExit)
-    lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.output
 
 
@@ -375,11 +382,7 @@ def test_a_config_file_is_read_only_up_to_1_mib(tmp_path: Path) -> None:
     ["featurize", "{folder}", "--out", "{folder}/feats", "--segments", "0"],
 ])
 def test_cli_refuses_a_bad_value_in_one_line_before_any_work(tmp_path: Path, args: list[str]) -> None:
-    (tmp_path / "bad.yaml").write_text("epochs: -5\n")
-    argv = [a.format(folder=tmp_path, bad=tmp_path / "bad.yaml") for a in args]
-    result = CliRunner().invoke(app, argv)
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
+    result, lines = _cli_error(tmp_path, args, "epochs: -5\n")
     assert len(lines) == 1 and lines[0].startswith("error:") and "must be" in lines[0], result.output
     assert not (tmp_path / "feats").exists()
 

@@ -18,6 +18,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import tree_of
 from typer.testing import CliRunner
 
 from raygenre import storage
@@ -81,16 +82,6 @@ def run_of(lib: Path, model: str = MID, genres: list[str] = GENRES) -> dict:
             "library": str(lib)}
 
 
-def tree(folder: Path) -> dict[str, bytes | str]:
-    """Every entry under ``folder`` (links not followed): file bytes, or "link -> target" / "dir"."""
-    out: dict[str, bytes | str] = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = str(p.relative_to(folder))
-            out[rel] = (f"link -> {os.readlink(p)}" if p.is_symlink() else "dir" if p.is_dir()
-                        else p.read_bytes())
-    return out
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -112,7 +103,7 @@ def test_a_linked_part_is_never_read_moved_or_deleted(tmp_path: Path) -> None:
     thesis.write_bytes(b"PK\x03\x04 my thesis, three years of work")
     other = mine / "other.parquet"  # a label table of another model: would go to other-runs/
     other.write_bytes(parquet_bytes(rows([str(lib / "x.wav")], model="someone-else")))
-    victims = tree(mine)
+    victims = tree_of(mine)
     (parts / "part-000000-deadbeef.parquet").symlink_to(thesis)
     (parts / "part-000001-deadbeef.parquet").symlink_to(other)
     real = write_part(parts, rows([str(lib / "a.wav")]))
@@ -128,7 +119,7 @@ def test_a_linked_part_is_never_read_moved_or_deleted(tmp_path: Path) -> None:
     assert not real.exists()
     assert (parts / "part-000000-deadbeef.parquet").is_symlink()  # the links stay, as they were
     assert os.readlink(parts / "part-000001-deadbeef.parquet") == str(other)
-    assert tree(mine) == victims
+    assert tree_of(mine) == victims
     assert not (parts / BROKEN_DIR).exists() and not (parts / OTHER_DIR).exists()
 
 
@@ -151,7 +142,7 @@ def test_a_linked_parts_folder_or_subfolder_is_refused_and_nothing_goes_through_
         write_part(parts, rows([str(lib / "b.wav")], model="other-model"))  # would be moved to other-runs/
         (parts / "part-000099-0000aaaa.parquet").write_bytes(b"")  # would be moved to broken/
         (parts / where).symlink_to(mine / ("notes.txt" if where in (RUN_FILE, ".lock") else ""))
-    victims, before = tree(mine), tree(parts) if where != "parts" else {}
+    victims, before = tree_of(mine), tree_of(parts) if where != "parts" else {}
 
     with pytest.raises(storage.UnsafePathError, match="symbolic link"):
         check_label_output(str(out), overwrite=True)
@@ -163,9 +154,9 @@ def test_a_linked_parts_folder_or_subfolder_is_refused_and_nothing_goes_through_
         pass
     if where == "parts":
         assert list_parts(str(parts)) == []  # a linked folder is not read either
-    assert tree(mine) == victims
+    assert tree_of(mine) == victims
     if where != "parts":
-        assert tree(parts) == before
+        assert tree_of(parts) == before
 
 
 def test_set_aside_into_a_linked_folder_made_meanwhile_is_refused(tmp_path: Path) -> None:
@@ -265,7 +256,7 @@ def test_out_symlink_and_folder_are_refused_before_any_work(tmp_path: Path, lib_
     for flags in ([], ["--overwrite"]):  # a folder is never replaced
         code, text, _ = label_cli([str(lib), "--model", model, "--out", str(folder), *flags])
         assert code == 2 and "is a folder" in text, text
-    assert tree(folder) == {"keep.txt": b"mine"}
+    assert tree_of(folder) == {"keep.txt": b"mine"}
 
 
 def test_a_label_table_raygenre_wrote_is_recognised_in_every_format(tmp_path: Path) -> None:
@@ -433,11 +424,11 @@ def test_a_lost_run_file_with_parts_of_another_run_refuses_the_resume(tmp_path: 
         run_file.unlink()
     else:
         run_file.write_text("[]" if damage == "list" else run_file.read_text()[:20])
-    before = tree(parts)
+    before = tree_of(parts)
     with pytest.raises(ResumeMismatchError, match="--no-resume") as err:
         prepare_parts(str(parts), run_of(lib), resume=True)
     assert "run.json" in str(err.value) and "not all this run's" in str(err.value)
-    assert tree(parts) == before  # nothing moved, nothing rewritten
+    assert tree_of(parts) == before  # nothing moved, nothing rewritten
     prepare_parts(str(parts), run_of(lib), resume=False)  # what the message says to do
     assert list_parts(str(parts)) == []
 

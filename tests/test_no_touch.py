@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import tree_of
 from test_artifact import _save
 
 from raygenre import storage
@@ -23,15 +24,6 @@ from raygenre.storage import OutputExistsError, UnsafePathError
 VICTIM_BYTES = b"# the user's own file: export SECRET_PATH=1\n" * 3
 
 
-def _tree(root: Path) -> dict[str, bytes | str]:
-    """Every entry under ``root`` (links not followed): file bytes, link targets, folders as "dir"."""
-    out: dict[str, bytes | str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = str(p.relative_to(root))
-            out[rel] = (f"-> {os.readlink(p)}" if p.is_symlink() else "dir" if p.is_dir() else p.read_bytes())
-    return out
 
 
 def _victim(tmp_path: Path) -> tuple[Path, dict[str, bytes | str]]:
@@ -40,7 +32,7 @@ def _victim(tmp_path: Path) -> tuple[Path, dict[str, bytes | str]]:
     (home / "docs").mkdir(parents=True)
     (home / ".bashrc").write_bytes(VICTIM_BYTES)
     (home / "docs" / "thesis.docx").write_bytes(b"PK\x03\x04 years of work")
-    return home, _tree(home)
+    return home, tree_of(home)
 
 
 # ------------------------------------------------------------------------------------ resolve, remove, inside
@@ -65,7 +57,7 @@ def test_remove_unlinks_links_and_never_descends_into_them(tmp_path: Path) -> No
     for name in ("dirlink", "filelink", "dangling", "real"):
         storage.remove(out / name)
     assert sorted(os.listdir(out)) == []
-    assert _tree(home) == before
+    assert tree_of(home) == before
 
 
 def test_check_inside_judges_the_real_location(tmp_path: Path) -> None:
@@ -98,8 +90,8 @@ def test_writers_refuse_a_planted_link_and_leave_its_target(tmp_path: Path, writ
     with pytest.raises(UnsafePathError, match=r"metrics.json is a symlink \(to .*\.bashrc\), which raygenre never "
                                               r"creates: it neither writes through it nor replaces it"):
         write(out / "metrics.json")
-    assert _tree(home) == before
-    assert _tree(out) == {"metrics.json": f"-> {home / '.bashrc'}"}  # the link kept, no temporary file left
+    assert tree_of(home) == before
+    assert tree_of(out) == {"metrics.json": f"-> {home / '.bashrc'}"}  # the link kept, no temporary file left
 
 
 def test_writers_refuse_a_folder_and_a_parent_that_leaves_the_root(tmp_path: Path) -> None:
@@ -113,7 +105,7 @@ def test_writers_refuse_a_folder_and_a_parent_that_leaves_the_root(tmp_path: Pat
         storage.write_bytes_atomic(out / "attempts" / "new.bin", b"w", root=out)
     with pytest.raises(UnsafePathError, match="outside"):
         storage.write_bytes_durable(out / "attempts" / "docs" / "thesis.docx", b"w", root=out)
-    assert _tree(home) == before
+    assert tree_of(home) == before
     storage.write_bytes_durable(out / "inside.bin", b"ok", root=out)  # the normal case still works
     assert (out / "inside.bin").read_bytes() == b"ok"
 
@@ -125,7 +117,7 @@ def test_a_commit_unlinks_an_old_attempt_that_is_a_link(tmp_path: Path) -> None:
     (tmp_path / "m" / "attempts" / "20200101-000000-old").symlink_to(home)
     (tmp_path / "m" / "attempts" / "zz").symlink_to(home / ".bashrc")
     _save(tmp_path / "m", "cnn")  # the library default replaces the model: its commit deletes old attempts
-    assert _tree(home) == before
+    assert tree_of(home) == before
     assert len(os.listdir(tmp_path / "m" / "attempts")) == 1 and load_model(str(tmp_path / "m")).name == "cnn"
 
 
@@ -140,15 +132,15 @@ def test_an_attempts_folder_that_is_a_link_is_refused_before_any_work(tmp_path: 
         (home / "docs" / "attempt-1").mkdir()  # what the link's target holds besides
         (tmp_path / "moved").rename(home / "attempts")
         real.symlink_to(home / "attempts")
-        before = _tree(home)
+        before = tree_of(home)
     else:
         out.mkdir()
         (out / "attempts").symlink_to(home)
-    listing = _tree(out)
+    listing = tree_of(out)
     with pytest.raises(UnsafePathError, match=r"m: attempts is a symlink \(to .*home.*\); raygenre deletes and "
                                               r"replaces what it holds and never does so through a link"):
         _save(out, "cnn")
-    assert _tree(home) == before and _tree(out) == listing  # nothing deleted, no lease, no attempt
+    assert tree_of(home) == before and tree_of(out) == listing  # nothing deleted, no lease, no attempt
 
 
 @pytest.mark.parametrize("name", [META, storage.LEASE])
@@ -158,11 +150,11 @@ def test_a_manifest_or_lease_that_is_a_link_is_refused(tmp_path: Path, name: str
     _save(out, "ann")
     if name == META:
         os.replace(out / META, home / "model.json")
-        before = _tree(home)
+        before = tree_of(home)
     (out / name).symlink_to(home / ("model.json" if name == META else ".bashrc"))
     with pytest.raises(UnsafePathError, match=f"{name} is a symlink"):
         storage.check_output(out, "model", overwrite=True)
-    assert _tree(home) == before
+    assert tree_of(home) == before
 
 
 def test_legacy_names_that_are_links_are_unlinked_and_their_targets_kept(tmp_path: Path) -> None:
@@ -170,7 +162,7 @@ def test_legacy_names_that_are_links_are_unlinked_and_their_targets_kept(tmp_pat
     _save(tmp_path / "new", "ann")
     meta = json.loads((tmp_path / "new" / META).read_text())
     (home / "weights.bin").write_bytes((tmp_path / "new" / meta["attempt"] / WEIGHTS).read_bytes())
-    before = _tree(home)
+    before = tree_of(home)
     old = tmp_path / "old"  # the old layout, its files links into the user's folder
     old.mkdir()
     (old / META).write_text(json.dumps({k: v for k, v in meta.items() if k != "attempt"}))
@@ -179,7 +171,7 @@ def test_legacy_names_that_are_links_are_unlinked_and_their_targets_kept(tmp_pat
     (old / "confusion.png").symlink_to(home / "docs")
     assert set(LEGACY) == {WEIGHTS, "metrics.json", "confusion.png"}
     _save(old, "cnn")
-    assert _tree(home) == before
+    assert tree_of(home) == before
     assert sorted(os.listdir(old)) == ["attempts", META]
 
 
@@ -196,12 +188,12 @@ def test_a_tarball_with_a_link_out_of_the_model_survives_the_data_filter_but_not
     project = tmp_path / "project"
     (project / "docs").mkdir(parents=True)
     (project / "docs" / "thesis.docx").write_bytes(b"years of work")
-    before = _tree(project / "docs")
+    before = tree_of(project / "docs")
     with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tar:
         tar.extractall(project, filter="data")
     assert (project / "model" / "attempts" / "zz").is_symlink()  # the filter let it through
     _save(project / "model", "cnn")  # == train/copy with --overwrite
-    assert _tree(project / "docs") == before
+    assert tree_of(project / "docs") == before
     assert not (project / "model" / "attempts" / "zz").exists()
 
 
@@ -244,7 +236,7 @@ def test_evaluate_refuses_planted_links_before_any_work(tmp_path: Path, monkeypa
         plot_confusion([[1, 0], [0, 1]], ["a", "b"], str(attempt / "confusion.png"), "t", root=str(tmp_path / "m"))
     with pytest.raises(UnsafePathError, match=r"metrics.json is a symlink"):
         storage.write_json_atomic(attempt / "metrics.json", {"x": 1}, root=tmp_path / "m")
-    assert _tree(home) == before
+    assert tree_of(home) == before
 
 
 def test_evaluate_refuses_an_attempt_folder_that_leads_out_of_the_model(tmp_path: Path,
@@ -257,10 +249,10 @@ def test_evaluate_refuses_an_attempt_folder_that_leads_out_of_the_model(tmp_path
     meta = json.loads((tmp_path / "m" / META).read_text())
     os.rename(tmp_path / "m" / meta["attempt"], home / "stolen")  # the model's files now live in the user's folder
     (tmp_path / "m" / meta["attempt"]).symlink_to(home / "stolen")
-    before = _tree(home)
+    before = tree_of(home)
     with pytest.raises(UnsafePathError, match="metrics.json: its real location .*home/stolen/metrics.json is outside"):
         evaluate_model(str(tmp_path / "m"), features=str(tmp_path / "x"))
-    assert _tree(home) == before
+    assert tree_of(home) == before
 
 
 # ------------------------------------------------------------------------------------------- credentials
