@@ -67,7 +67,7 @@ def cfg(model: str, **over: Any):
 def local_run(table: str, model: str, **over: Any) -> dict[str, Any]:
     """The single-process twin (same fit_loop, no Ray) -> its history, test metrics and eval-mode check."""
     c = cfg(model, workers=1, **over)
-    prepared = prepare(table, c, put=False)
+    prepared = prepare(table, c)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as a Ray Train worker on 1 CPU: other thread counts round differently
     try:

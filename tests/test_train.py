@@ -15,9 +15,10 @@ from conftest import write_feature_table, write_tone_track
 
 import raygenre
 from raygenre.config import FeaturizeConfig, TrainConfig, load_config
+from raygenre.data.splits import load_stats
 from raygenre.data.table import FeatureMismatchError, open_table, read_mfcc_table, read_split_arrays
 from raygenre.training.evaluate import evaluate, plot_confusion, read_split, score
-from raygenre.training.train import FAULT_ENV, effective_config, load_stats, train
+from raygenre.training.train import FAULT_ENV, effective_config, train
 
 GENRES = ("blues", "classical", "jazz", "metal")
 
