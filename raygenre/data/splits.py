@@ -126,6 +126,54 @@ def _locked(path: str, blocking: bool = True) -> Iterator[bool]:
         os.close(fd)
 
 
+class _RowFile:
+    """A ``.npy`` file of float32 rows written and read with plain ``pwrite``/``pread``, never mapped.
+
+    The builder runs in the driver: pages it maps count in its RSS (measured: a build of a 2 GB table's splits
+    through ``open_memmap`` took the driver from 0.8 to 2.6 GB), while written and read pages stay in the page
+    cache, which the OS reclaims. ``load_stats`` reads it through ``len`` and slices.
+    """
+
+    def __init__(self, fd: int, offset: int, rows: int, shape: tuple[int, ...]) -> None:
+        self.fd, self.offset, self.rows, self.shape = fd, offset, rows, shape
+        self.row_bytes = int(np.prod(shape)) * 4
+
+    @classmethod
+    def create(cls, path: str, rows: int, shape: tuple[int, ...]) -> _RowFile:
+        header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, *shape))
+        offset = header.offset
+        del header  # only the header and the file's size: no page of it was touched
+        return cls(os.open(path, os.O_RDWR | os.O_NOFOLLOW), offset, rows, shape)
+
+    @classmethod
+    def open(cls, path: str) -> _RowFile:
+        header = np.load(path, mmap_mode="r")
+        rows, shape, offset = header.shape[0], header.shape[1:], header.offset
+        del header
+        return cls(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), offset, rows, shape)
+
+    def write_rows(self, at: np.ndarray, data: np.ndarray) -> None:
+        """Row ``data[k]`` to row ``at[k]``; runs of consecutive rows go in one write (a track's segments)."""
+        order = np.argsort(at, kind="stable")
+        at, data = at[order], np.ascontiguousarray(data[order], dtype=np.float32)
+        breaks = np.flatnonzero(np.diff(at) != 1) + 1
+        for lo, hi in zip(np.r_[0, breaks], np.r_[breaks, len(at)], strict=True):
+            os.pwrite(self.fd, data[lo:hi].tobytes(), self.offset + int(at[lo]) * self.row_bytes)
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        lo, hi, _ = rows.indices(self.rows)
+        raw = os.pread(self.fd, (hi - lo) * self.row_bytes, self.offset + lo * self.row_bytes)
+        return np.frombuffer(raw, dtype=np.float32).reshape(hi - lo, *self.shape)
+
+    def close(self) -> None:
+        if self.fd >= 0:  # once: a second close could hit a descriptor the process has reused since
+            os.close(self.fd)
+            self.fd = -1
+
+
 def _parquet_files(table: FeatureTable) -> tuple[pafs.FileSystem, list[str]]:
     """The table's Parquet files, sorted: both passes of ``build`` read rows in this one order."""
     fs, inner = storage.resolve(table.path)
@@ -162,10 +210,11 @@ def build(table: FeatureTable, folder: str) -> None:
     del keys
     tmp = f"{folder}.tmp-{uuid.uuid4().hex[:8]}"
     os.makedirs(tmp)
+    files_x: dict[str, _RowFile] = {}
     try:
         shape = (table.frames, table.params.n_mfcc)
-        xs = {s: np.lib.format.open_memmap(os.path.join(tmp, f"{s}.x.npy"), mode="w+", dtype=np.float32,
-                                           shape=(counts[s], *shape)) for s in SPLITS}
+        for split in SPLITS:
+            files_x[split] = _RowFile.create(os.path.join(tmp, f"{split}.x.npy"), counts[split], shape)
         start = 0
         for batch in _batches(fs, files, ["mfcc"]):
             n = batch.num_rows
@@ -175,13 +224,14 @@ def build(table: FeatureTable, folder: str) -> None:
             for i, split in enumerate(SPLITS):
                 mine = np.flatnonzero(split_of[start:start + n] == i)
                 if len(mine):
-                    xs[split][where[start + mine]] = mfcc[mine]
+                    files_x[split].write_rows(where[start + mine], mfcc[mine])
             start += n
         for split in SPLITS:
-            xs[split].flush()
+            files_x[split].close()
             np.save(os.path.join(tmp, f"{split}.y.npy"), labels[split])
-        mean, std = load_stats(xs["train"]) if counts["train"] else (np.zeros(shape[1]), np.ones(shape[1]))
-        del xs
+        train_x = _RowFile.open(os.path.join(tmp, "train.x.npy"))
+        mean, std = load_stats(train_x) if counts["train"] else (np.zeros(shape[1]), np.ones(shape[1]))
+        train_x.close()
         meta = {"format": FORMAT, "table": storage.redact(table.path), "counts": counts,
                 "mean": [float(v) for v in mean], "std": [float(v) for v in std], "built": time.time()}
         Path(tmp, "meta.json").write_text(json.dumps(meta, indent=1))
@@ -192,6 +242,8 @@ def build(table: FeatureTable, folder: str) -> None:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
+        for f in files_x.values():
+            f.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
