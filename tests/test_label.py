@@ -129,6 +129,31 @@ def test_scan_streams_shards_skips_hidden_and_loops(tmp_path: Path) -> None:
     assert (good.size, good.mtime, good.error) == (st.st_size, st.st_mtime, None)
 
 
+def test_a_library_of_one_top_folder_spreads_over_every_scan_shard(tmp_path: Path) -> None:
+    """~/Music/<artist>/<album>/<file>: one top-level entry used to mean one scan task for the whole library.
+    The split goes down to the first level with enough entries; every file is in exactly one shard, and the
+    rows of earlier runs are assigned to the same shard as the walk assigns the file (load_done's view)."""
+    from raygenre.label.scan import SPREAD_ENTRIES, _shard_of_path, spread_depth
+
+    lib = tmp_path / "lib"
+    names = [f"Music/artist{a:02d}/album{b}/t{a}{b}.wav" for a in range(12) for b in range(3)]
+    for name in names:
+        (lib / name).parent.mkdir(parents=True, exist_ok=True)
+        (lib / name).write_bytes(b"RIFF")  # only the walk is tested here
+    (lib / "Music" / "loose.wav").write_bytes(b"RIFF")  # a file above the split depth
+    (lib / "Music" / "Empty").mkdir()
+    depth = spread_depth(str(lib))
+    assert depth == 2 and len(names) + 1 >= SPREAD_ENTRIES  # Music (1 entry) -> artists (13) -> albums (37)
+    shards = [list(walk_shard(str(lib), k, SCAN_SHARDS, EXTS, depth)) for k in range(SCAN_SHARDS)]
+    rel = sorted(str(Path(f.path).relative_to(lib)) for s in shards for f in s)
+    assert rel == sorted([*names, "Music/loose.wav"])  # each exactly once
+    assert sum(1 for s in shards if s) >= SCAN_SHARDS - 1  # spread over (nearly) every task
+    prefix = str(lib) + "/"
+    for k, found in enumerate(shards):
+        assert all(_shard_of_path(f.path, prefix, SCAN_SHARDS, depth) == k for f in found)
+    assert spread_depth(str(tmp_path / "lib" / "Music" / "artist00")) == 1  # 3 albums -> their 3 files (< 32)
+
+
 def test_scan_skips_done_and_flags_changed(tmp_path: Path) -> None:
     lib = tmp_path / "lib"
     paths = [lib / "a" / f"{i}.wav" for i in range(3)]

@@ -50,7 +50,7 @@ from raygenre.label.parts import (
     run_lock,
 )
 from raygenre.label.predict import Predictor, decode_batch, model_id
-from raygenre.label.scan import SCAN_BLOCK_ROWS, SCAN_SCHEMA, SCAN_SHARDS, library_root, scan_shard
+from raygenre.label.scan import SCAN_BLOCK_ROWS, SCAN_SCHEMA, SCAN_SHARDS, library_root, scan_shard, spread_depth
 from raygenre.label.watchdog import ActorWatchdog
 from raygenre.model.artifact import load_model
 from raygenre.runtime import ensure_ray
@@ -113,6 +113,7 @@ class LibraryScan(Datasource):
                  model: str | None = None) -> None:
         super().__init__()
         self.root, self.exts, self.parts_dir, self.shards, self.model = root, exts, parts_dir, shards, model
+        self.depth = spread_depth(root, shards)  # decided once, here: every shard and load_done use the same
 
     def get_name(self) -> str:
         return "ScanLibrary"
@@ -124,7 +125,7 @@ class LibraryScan(Datasource):
                        data_context: Any = None) -> list[ReadTask]:
         meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
         return [ReadTask(functools.partial(scan_shard, self.root, k, self.shards, self.exts, self.parts_dir,
-                                           model=self.model),
+                                           model=self.model, depth=self.depth),
                          meta, schema=SCAN_SCHEMA, per_task_row_limit=per_task_row_limit)
                 for k in range(self.shards)]
 

@@ -1,8 +1,10 @@
 """Finding a library's audio files: a streaming walk in shards, skipping what earlier runs already labelled.
 
-The library's top-level entries are split into ``SCAN_SHARDS`` shards by a hash of their name; scan task *k*
-lists the top level itself (streaming ``os.scandir``) and walks only the subtrees of its shard, yielding blocks
-of ``SCAN_BLOCK_ROWS`` paths: it holds one open folder and a stack of pending sub-folders, never a list of files.
+The library's entries at one depth (``spread_depth``: the top level, or the first level below it with enough
+entries, so that a library of one top folder, ``~/Music/``, still spreads) are split into ``SCAN_SHARDS``
+shards by a hash of their path; scan task *k* lists the levels above that depth itself (streaming
+``os.scandir``: small, by construction) and walks only the subtrees of its shard, yielding blocks of
+``SCAN_BLOCK_ROWS`` paths: it holds one open folder and a stack of pending sub-folders, never a list of files.
 Hidden files and folders (``.name``) are skipped; symlinked folders are followed unless they point back into the
 library or into one of their own ancestors (a loop). A folder that cannot be opened or listed (no permission, a
 path longer than the system allows) and a file whose information cannot be read get an error row each: nothing is
@@ -26,6 +28,8 @@ from raygenre.label.parts import list_parts, original_path, read_part, safe_str
 
 SCAN_SHARDS = 8  # read tasks; each walks the subtrees of ~1/8 of the top-level entries
 SCAN_BLOCK_ROWS = 8  # paths per scan block = files per decode task: small, so decoding spreads over workers
+SPREAD_ENTRIES = 4 * SCAN_SHARDS  # entries at the split depth: enough that every shard gets several subtrees
+SPREAD_MAX_DEPTH = 3  # deepest split level (every shard lists the levels above it)
 
 
 def library_root(library: str) -> str:
@@ -44,16 +48,50 @@ def library_root(library: str) -> str:
 
 
 def shard_of(name: str, shards: int) -> int:
-    """Stable shard (0..shards-1) of a top-level entry name."""
+    """Stable shard (0..shards-1) of an entry's key (its path below the root, down to the split depth)."""
     return zlib.crc32(os.fsencode(name)) % shards
 
 
-def _shard_of_path(path: str, prefix: str, shards: int) -> int | None:
+def _key(rel: str, depth: int) -> str:
+    """The part of a path below the root (``rel``) that decides its shard: its first ``depth + 1`` names."""
+    return "/".join(rel.split("/")[: depth + 1])
+
+
+def spread_depth(root: str, shards: int = SCAN_SHARDS) -> int:
+    """The depth whose entries are sharded: 0 (the top level) unless it has fewer than ``SPREAD_ENTRIES``
+    (counting stops there) visible entries, then the first level below that has, at most ``SPREAD_MAX_DEPTH``.
+
+    A library of one top folder with a million files below it was walked by one task (one top-level name, one
+    shard). Symlinked folders are not followed here: they are keys, which is all the split needs.
+    """
+    level = [root]
+    for depth in range(SPREAD_MAX_DEPTH):
+        count, below = 0, []
+        for folder in level:
+            try:
+                with os.scandir(folder) as it:
+                    for entry in it:
+                        if entry.name.startswith("."):
+                            continue
+                        count += 1
+                        if entry.is_dir(follow_symlinks=False):
+                            below.append(entry.path)
+                        if count >= max(SPREAD_ENTRIES, 4 * shards):
+                            return depth
+            except OSError:
+                continue  # the scan reports it (an error row)
+        if not below:
+            return depth
+        level = below
+    return SPREAD_MAX_DEPTH
+
+
+def _shard_of_path(path: str, prefix: str, shards: int, depth: int = 0) -> int | None:
     """Shard of a stored path (``safe_str``) under ``prefix`` (root + "/"), ``None`` when it is elsewhere."""
     path = original_path(path)  # the real name: what walk_shard shards by
     if not path.startswith(prefix):
         return None
-    return shard_of(path[len(prefix):].split("/", 1)[0], shards)
+    return shard_of(_key(path[len(prefix):], depth), shards)
 
 
 @dataclass(frozen=True)
@@ -143,35 +181,44 @@ def _consider(entry: os.DirEntry[str], ancestors: tuple[tuple[int, int], ...], r
         yield _Found(entry.path, 0, 0.0, f"cannot read the file's information: {_reason(exc)}")
 
 
-def walk_shard(root: str, shard: int, shards: int, exts: frozenset[str]) -> Iterator[_Found]:
-    """Audio files under the top-level entries of ``root`` in ``shard``, streamed (depth first).
+def walk_shard(root: str, shard: int, shards: int, exts: frozenset[str], depth: int = 0) -> Iterator[_Found]:
+    """Audio files of ``shard`` (their key at ``depth``: ``spread_depth``), streamed (depth first).
 
-    Holds one open directory and a stack of pending sub-folders, never a list of files. A folder that
-    cannot be listed yields one error row (its path, size 0).
+    Folders above ``depth`` are listed by every shard, and only their entries of this shard are yielded; at
+    ``depth`` only this shard's entries are followed, and everything below them is this shard's. Holds one open
+    directory and a stack of pending sub-folders, never a list of files. A folder that cannot be listed yields
+    one error row (its path, size 0), in its own shard.
     """
     root_real = os.path.realpath(root)
-    base = (_dir_id(root),)
+    prefix = root.rstrip("/") + "/"
     limit = path_max(root)
-    stack: list[tuple[str, tuple[tuple[int, int], ...]]] = []
-    with os.scandir(root) as top:
-        for entry in top:
-            # by the real name (bytes): what load_done shards the rows of earlier runs by (via original_path)
-            if entry.name.startswith(".") or shard_of(entry.name, shards) != shard:
-                continue
-            yield from _consider(entry, base, root_real, exts, stack, limit)
-            while stack:
-                folder, ancestors = stack.pop()
-                try:
-                    with os.scandir(folder) as it:
-                        for sub in it:
-                            if not sub.name.startswith("."):
-                                yield from _consider(sub, ancestors, root_real, exts, stack, limit)
-                except OSError as exc:
-                    yield _Found(folder, 0, 0.0, f"cannot list this folder: {_reason(exc)}")
+
+    def mine(path: str) -> bool:
+        # by the real name (bytes): what load_done shards the rows of earlier runs by (via original_path)
+        return shard_of(_key(path[len(prefix):], depth), shards) == shard
+
+    stack: list[tuple[str, tuple[tuple[int, int], ...], int]] = [(root, (_dir_id(root),), 0)]
+    while stack:
+        folder, ancestors, level = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                for entry in it:
+                    if entry.name.startswith(".") or (level == depth and not mine(entry.path)):
+                        continue
+                    found_dirs: list[tuple[str, tuple[tuple[int, int], ...]]] = []
+                    for found in _consider(entry, ancestors, root_real, exts, found_dirs, limit):
+                        if level >= depth or mine(found.path):
+                            yield found
+                    stack.extend((path, anc, level + 1) for path, anc in found_dirs)
+        except OSError as exc:
+            if folder == root:
+                raise
+            if level > depth or mine(folder):
+                yield _Found(folder, 0, 0.0, f"cannot list this folder: {_reason(exc)}")
 
 
 def load_done(parts_dir: str, root: str, shard: int, shards: int,
-              model: str | None = None) -> dict[str, tuple[int, float]]:
+              model: str | None = None, depth: int = 0) -> dict[str, tuple[int, float]]:
     """{path: (size, mtime)} of rows already in the parts, for this shard only (1/shards of the library).
 
     With ``model``, only that model's rows count. A part that cannot be read as a label part (planted while
@@ -186,7 +233,7 @@ def load_done(parts_dir: str, root: str, shard: int, shards: int,
             continue
         models = cols.get("model") or [model] * len(cols["path"])
         for p, s, m, mid in zip(cols["path"], cols["size"], cols["mtime"], models, strict=True):
-            if mid == model and _shard_of_path(p, prefix, shards) == shard:
+            if mid == model and _shard_of_path(p, prefix, shards, depth) == shard:
                 done[p] = (s, m)
     return done
 
@@ -196,15 +243,15 @@ SCAN_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime", 
 
 
 def scan_shard(root: str, shard: int, shards: int, exts: frozenset[str], parts_dir: str | None,
-               block_rows: int = SCAN_BLOCK_ROWS, model: str | None = None) -> Iterator[pa.Table]:
+               block_rows: int = SCAN_BLOCK_ROWS, model: str | None = None, depth: int = 0) -> Iterator[pa.Table]:
     """Read task body: blocks (``SCAN_SCHEMA``) of files in ``shard`` that have no row (of ``model``, when
     given) in the parts yet.
 
     ``replaces`` marks a file whose path has a row for another (size, mtime): it changed and is relabelled.
     """
-    done = load_done(parts_dir, root, shard, shards, model) if parts_dir else {}
+    done = load_done(parts_dir, root, shard, shards, model, depth) if parts_dir else {}
     rows: dict[str, list[Any]] = {k: [] for k in SCAN_SCHEMA.names}
-    for found in walk_shard(root, shard, shards, exts):
+    for found in walk_shard(root, shard, shards, exts, depth):
         path, name_error = safe_str(found.path)
         prev = done.get(path)
         if prev is not None and prev == (found.size, found.mtime):
