@@ -110,6 +110,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, **kwargs
 # ------------------------------------------------------------------------------------ clusters that grow on demand
 WAIT_POLL_SECONDS = 1.0  # how often the cluster's resources are read while waiting (one GCS call)
 WAIT_LINE_SECONDS = 10.0  # one progress line this often while waiting (a job's log shows it is not hung)
+# The request is sent again this often while waiting: there is one request per cluster, the last one sent, and Ray
+# Data's autoscaling coordinator (a detached actor, alive for minutes after any pipeline ran) re-sends its own every
+# 20 s, replacing ours (measured on 2.60: "From request_resources" in monitor.log flips to its bundles).
+WAIT_ASK_SECONDS = 5.0
 _requested: list[bool] = []  # non-empty once this process has asked the autoscaler (the request is released at exit)
 
 
@@ -159,7 +163,9 @@ def _ask_autoscaler(bundles: list[dict[str, float]]) -> None:
     """``request_resources``: the autoscaler (v1 or v2, whichever the cluster runs) scales up to fit ``bundles``.
 
     The request stays until replaced, and keeps the nodes it needs from being scaled down as idle (between the
-    wait and the first tasks), so it is released (an empty request) when this process exits.
+    wait and the first tasks), so it is withdrawn (an empty request) when this process exits. Ray Data's own
+    requests (its autoscaling coordinator) replace it too, once a pipeline runs: by then the run's tasks and
+    actors hold the nodes.
     """
     request_resources(bundles=bundles)
     if not _requested:
@@ -184,7 +190,8 @@ def wait_for_resources(need: dict[str, float], timeout_s: float, what: str, *,
     command in the lines it prints.
 
     On a cluster this process joined (``joined_cluster``; ``autoscale`` overrides the check) whose resources fall
-    short, the autoscaler is asked for ``want`` (default ``need``: ``request_bundles``) and the wait goes on, with a
+    short, the autoscaler is asked for ``want`` (default ``need``: ``request_bundles``; again every
+    ``WAIT_ASK_SECONDS``, as another requester may have replaced it) and the wait goes on, with a
     line on stderr every ``WAIT_LINE_SECONDS``, up to ``timeout_s``; then ``ClusterTooSmallError`` names ``setting``
     (the config key of the timeout). On a Ray this process started, or with ``timeout_s`` 0, the resources are
     returned as they are: the caller's planner refuses what cannot run, as it did before.
@@ -197,11 +204,16 @@ def wait_for_resources(need: dict[str, float], timeout_s: float, what: str, *,
         return have
     if timeout_s <= 0 or not (joined_cluster() if autoscale is None else autoscale):
         return have
-    (ask or _ask_autoscaler)(request_bundles(want or need))
-    start = clock()
+    ask = ask or _ask_autoscaler
+    bundles = request_bundles(want or need)
+    ask(bundles)
+    start = last_ask = clock()
     last_line = None
     while shortfall(have, need):
         now = clock()
+        if now - last_ask >= WAIT_ASK_SECONDS:
+            ask(bundles)
+            last_ask = now
         if now - start >= timeout_s:
             raise ClusterTooSmallError(
                 f"{what}: the Ray cluster has {describe(have)} and did not reach the {describe(need)} needed within "
