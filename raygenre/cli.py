@@ -9,6 +9,7 @@ packaged configs (``raygenre/configs/``), so a default lives in exactly one plac
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +56,14 @@ CONFIG_HELP = "YAML file overriding the packaged defaults (raygenre/configs/; fl
 def _or_tutorial(value: object) -> str:
     """A train default that may be null (= the tutorial's value for the model, see raygenre/model/networks.py)."""
     return "the tutorial's, per model" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _int_option(value: str, flag: str) -> int:
+    """A whole number given to ``flag`` (which also takes a word such as ``auto``), or a one-line error."""
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{flag} {value!r}: expected a whole number or auto") from None
 
 
 def friendly_errors(fn: F) -> F:
@@ -237,7 +246,9 @@ def train(
                                         "Default: the built-in synthetic dataset, featurized on first use."),
     epochs: int | None = typer.Option(None, help=f"Maximum epochs (default: {TRAIN.epochs}; early stopping may "
                                       "end sooner)."),
-    workers: int | None = typer.Option(None, help=f"Ray Train workers, data-parallel (default: {TRAIN.workers})."),
+    workers: str | None = typer.Option(None, help="Ray Train workers, data-parallel: a number, or `auto` (one per "
+                                       "node, each with all its CPUs as torch threads; one per GPU with --gpu). "
+                                       f"Default: {TRAIN.workers or 'auto'}."),
     gpu: bool | None = typer.Option(None, "--gpu/--cpu", help="One GPU per worker (NCCL) or CPU (gloo) "
                                     f"(default: {'GPU' if TRAIN.gpu else 'CPU'})."),
     lr: float | None = typer.Option(None, help=f"Adam learning rate (default: {TRAIN.lr:g}; the tutorial's is "
@@ -279,10 +290,14 @@ def train(
     """
     from raygenre.workflow import train_model
 
+    auto = workers is not None and workers.strip().lower() == "auto"
+    count = None if auto or workers is None else _int_option(workers, "--workers")
     cfg = load_config(TrainConfig, config, {
-        "model": model, "epochs": epochs, "workers": workers, "gpu": gpu, "lr": lr, "batch_size": batch_size,
+        "model": model, "epochs": epochs, "workers": count, "gpu": gpu, "lr": lr, "batch_size": batch_size,
         "dropout": dropout, "weight_decay": weight_decay, "hidden": hidden, "min_epochs": min_epochs,
         "patience": patience, "seed": seed, "deterministic": deterministic})
+    if auto:  # over a config file's number too
+        cfg = dataclasses.replace(cfg, workers=None)
     result = train_model(features, cfg, out, overwrite=overwrite, storage_path=storage_path,
                          set_default=set_default, address=address, say=report.say, on_epoch=report.epoch_line)
     report.train_done(result, cfg)

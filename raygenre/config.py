@@ -293,7 +293,9 @@ class TrainConfig:
 
     model: str = rule(OneOf(MODELS, "model"))
     epochs: int = rule(Range(1))
-    workers: int = rule(Range(1, 1024))
+    # Ray Train workers; None (YAML null, CLI `--workers auto`) = training.train.resolve_workers' rule: one
+    # per node holding all its CPUs (one per GPU with gpu)
+    workers: int | None = rule(Range(1, 1024))
     gpu: bool
     lr: float = rule(Range(0, 1))  # Adam; 0 trains nothing (a diagnostic: the early-stopping tests use it)
     batch_size: int = rule(Range(1, 1_000_000))  # GLOBAL batch: segments per optimizer step, split across workers

@@ -89,10 +89,15 @@ def featurize_done(result: Any, out: str) -> None:
 def label_summary(result: Any) -> None:
     """The end-of-run summary of `raygenre label`: counts, speed, top genres, a few errors."""
     rate = result.new / result.seconds if result.seconds else 0.0
-    console.print(f"Labelled {result.new} files this run ({result.audio_hours:.2f} h of audio, {rate:.1f} files/s, "
-                  f"{result.audio_hours * 3600 / max(result.seconds, 1e-9):.0f}x real time); "
-                  f"{result.resumed} were already labelled. {result.files} rows, {result.errors} with errors, "
-                  f"written to {result.out} ({result.format}). Model: {result.model}.")
+    if result.unchanged:
+        console.print(f"Nothing to label: no file is new, changed or deleted since the last run, so {result.out} "
+                      f"stands as it was ({result.files} rows, {result.errors} with errors; checked in "
+                      f"{result.seconds:.1f} s). Model: {result.model}.")
+    else:
+        console.print(f"Labelled {result.new} files this run ({result.audio_hours:.2f} h of audio, {rate:.1f} files/s, "
+                      f"{result.audio_hours * 3600 / max(result.seconds, 1e-9):.0f}x real time); "
+                      f"{result.resumed} were already labelled. {result.files} rows, {result.errors} with errors, "
+                      f"written to {result.out} ({result.format}). Model: {result.model}.")
     if result.set_aside:
         console.print(f"[bold yellow]warning:[/] {len(result.set_aside)} unreadable result part(s) from an earlier run "
                       f"were moved to {result.out}.parts/broken/ and their files labelled again: "
@@ -144,7 +149,8 @@ def train_done(result: Any, cfg: Any) -> None:
 
     ``result``: ``TrainResult``; ``cfg``: the ``TrainConfig`` the run was asked for.
     """
-    table = Table(title=f"raygenre train --model {cfg.model} ({cfg.workers} workers, {'GPU' if cfg.gpu else 'CPU'})")
+    workers = result.config.get("workers", cfg.workers)  # the resolved count (auto -> a number)
+    table = Table(title=f"raygenre train --model {cfg.model} ({workers} workers, {'GPU' if cfg.gpu else 'CPU'})")
     for col in ("epoch", "train loss", "train acc", "val loss", "val acc", "s"):
         table.add_column(col, justify="right")
     for r in result.history:

@@ -23,7 +23,7 @@ from raygenre.label.pipeline import label_library
 from raygenre.model.artifact import files_dir, load_model, set_default_model
 from raygenre.runtime import ensure_ray
 from raygenre.training.evaluate import evaluate, plot_confusion
-from raygenre.training.train import TrainResult, train
+from raygenre.training.train import TrainResult, resolve_workers, train
 from raygenre.training.tune import TUNE_DONE, TuneResult, check_tune_out, tune_models, tune_run_dir
 
 Say = Callable[[str], None]
@@ -58,8 +58,10 @@ def train_model(features: str | None, cfg: TrainConfig, out: str | None, *, over
     if set_default:
         storage.check_output(str(workspace.default_model_dir()), "model", overwrite=True)
     ensure_ray(address)
+    cfg = resolve_workers(cfg)
     feats = features_or_builtin(features, address, say)
-    say(f"training {cfg.model} on {storage.redact(feats)} with {cfg.workers} Ray Train workers ...")
+    say(f"training {cfg.model} on {storage.redact(feats)} with {cfg.workers} Ray Train worker"
+        f"{'s' if cfg.workers != 1 else ''} ...")
     if storage_path is None and storage.is_uri(out):
         storage_path = storage.join(out.rstrip("/").rsplit("/", 1)[0], "runs")
     result = train(feats, cfg, out, storage_path=storage_path, progress_callback=on_epoch, overwrite=replace)

@@ -7,6 +7,7 @@ Layout::
     $RAYGENRE_HOME/features/synthetic-gtzan/    its Parquet MFCC table + features.json
     $RAYGENRE_HOME/runs/<command>-<time>/       train / tune runs
     $RAYGENRE_HOME/models/best/                 the default model used by `raygenre label`
+    $RAYGENRE_HOME/cache/splits/<table key>/    memory-mapped train/val splits (rebuilt when missing)
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def builtin_features_dir() -> Path:
 def default_model_dir() -> Path:
     """Where `raygenre tune` (and `train --set-default`) put the model `raygenre label` uses by default."""
     return home() / "models" / "best"
+
+
+def split_cache_dir() -> Path:
+    """Memory-mapped train/val splits, one folder per feature table (``raygenre.data.splits``): about the
+    size of the table's train+val MFCC on every node that trains, rebuilt when missing."""
+    return home() / "cache" / "splits"
 
 
 def new_run_dir(command: str) -> Path:

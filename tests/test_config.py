@@ -58,6 +58,7 @@ def _cli_error(tmp_path: Path, args: list[str], bad_yaml: str) -> tuple[Any, lis
     ["train", "--config", "{bad}"],
     ["tune", "--config", "{bad}"],
     ["label", "{folder}", "--format", "xml"],
+    ["train", "--workers", "two"],
     ["synth", "{folder}/out", "--difficulty", "medium", "--tracks-per-genre", "1"],
 ])
 def test_cli_says_one_line_and_exits_2(tmp_path: Path, args: list[str]) -> None:

@@ -22,6 +22,7 @@ PURE = [
     "raygenre.data.decoder",
     "raygenre.data.mfcc",
     "raygenre.data.table",
+    "raygenre.data.splits",
     "raygenre.data.gtzan",
     "raygenre.data.synth.recipes",
     "raygenre.data.synth.dsp",
@@ -34,6 +35,7 @@ PURE = [
     "raygenre.label.scan",
     "raygenre.label.parts",
     "raygenre.label.predict",
+    "raygenre.label.index",
 ]
 
 

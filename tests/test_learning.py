@@ -26,12 +26,14 @@ from raygenre.training.train import (
     BN_SAMPLE,
     best_model,
     bn_rows,
+    cpus_per_worker,
     epoch_rows,
     eval_mode_check,
     prepare,
     recompute_batchnorm,
     train,
     train_local,
+    worker_threads,
 )
 
 MODELS = ("ann", "cnn", "lstm")
@@ -67,9 +69,11 @@ def cfg(model: str, **over: Any):
 def local_run(table: str, model: str, **over: Any) -> dict[str, Any]:
     """The single-process twin (same fit_loop, no Ray) -> its history, test metrics and eval-mode check."""
     c = cfg(model, workers=1, **over)
-    prepared = prepare(table, c, put=False)
+    prepared = prepare(table, c)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as a Ray Train worker on 1 CPU: other thread counts round differently
+    # as many threads as the Ray Train worker of the same run gets (one per CPU it holds): other thread counts
+    # round differently
+    torch.set_num_threads(worker_threads(cpus_per_worker(c.workers)))
     try:
         state = train_local(prepared)
     finally:

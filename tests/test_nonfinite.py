@@ -22,9 +22,9 @@ from raygenre.data.audio import AudioError, load
 from raygenre.data.featurize import featurize, featurize_batch
 from raygenre.data.gtzan import assign_splits, discover
 from raygenre.data.mfcc import NON_FINITE_MFCC, cut_segments, extractor, mfcc_of_segments
+from raygenre.data.splits import load_stats
 from raygenre.data.table import read_mfcc_table, read_split_arrays
 from raygenre.label.predict import decode_batch, decode_file
-from raygenre.training.train import load_stats
 
 CFG = load_config(FeaturizeConfig, overrides={"segments": 2})
 F = CFG.features

@@ -15,9 +15,10 @@ from conftest import write_feature_table, write_tone_track
 
 import raygenre
 from raygenre.config import FeaturizeConfig, TrainConfig, load_config
+from raygenre.data.splits import load_stats
 from raygenre.data.table import FeatureMismatchError, open_table, read_mfcc_table, read_split_arrays
 from raygenre.training.evaluate import evaluate, plot_confusion, read_split, score
-from raygenre.training.train import FAULT_ENV, effective_config, load_stats, train
+from raygenre.training.train import FAULT_ENV, effective_config, train
 
 GENRES = ("blues", "classical", "jazz", "metal")
 
@@ -217,3 +218,14 @@ def test_early_stopping(featurized_run) -> None:
     assert result.stopped_early and result.best_epoch == 1
     meta = raygenre.load_model(result.model_dir).meta
     assert meta["metrics"]["stopped_early"] is True and meta["metrics"]["epochs_run"] == 2
+
+
+def test_auto_workers_are_one_per_node_holding_all_its_cpus(ray_local: None) -> None:
+    """workers: null (auto) on the 2-CPU local Ray: one worker, both CPUs, two torch threads (no all-reduce
+    between two halves of one machine); a given count shares the CPUs evenly, one thread per whole CPU."""
+    from raygenre.training.train import cpus_per_worker, resolve_workers, worker_threads
+
+    auto = resolve_workers(cfg(workers=None))
+    assert auto.workers == 1 and cpus_per_worker(auto.workers) == 2.0 and worker_threads(2.0) == 2
+    assert resolve_workers(cfg(workers=3)).workers == 3  # a number is kept
+    assert cpus_per_worker(2) == 1.0 and cpus_per_worker(4) == 0.5 and worker_threads(0.5) == 1

@@ -54,25 +54,6 @@ def test_gpu_trials_are_planned_or_refused_before_any_work() -> None:
         plan_concurrency({"CPU": 16.0, "GPU": 1.0}, two)
 
 
-def test_trials_get_the_data_by_reference(tmp_path: Path, ray_local) -> None:
-    """One copy for a whole search: what a trial receives (tune.with_parameters puts it in the object store)
-    holds the splits' ObjectRef, not the arrays, and the driver's arrays are views of the object store's copy."""
-    import ray
-
-    from raygenre.config import TrainConfig
-    from raygenre.training.train import prepare
-
-    write_feature_table(tmp_path / "t", tracks={"train": 40, "val": 4, "test": 2})
-    prepared = prepare(str(tmp_path / "t"), load_config(TrainConfig, overrides={"workers": 1}))
-    x = prepared.arrays["train"][0]
-    assert x.nbytes > 1_000_000 and not x.flags.writeable  # a view of the store's (read-only) copy
-    sent = ray.cloudpickle.dumps(prepared.by_reference())
-    assert len(sent) < 100_000, len(sent)  # the config, the statistics and a reference: no array
-    assert len(ray.cloudpickle.dumps(prepared)) > x.nbytes  # what was sent before: the arrays again
-    with pytest.raises(ValueError, match="by_reference needs prepare"):
-        prepare(str(tmp_path / "t"), load_config(TrainConfig, overrides={"workers": 1}), put=False).by_reference()
-
-
 def test_grace_period_is_half_the_budget_unless_set() -> None:
     cfg = load_config(TuneConfig)
     assert cfg.grace_period is None and grace_period(cfg) == cfg.max_epochs // 2 == 6

@@ -509,9 +509,11 @@ class _Tally:
     genres: Counter[str] = field(default_factory=Counter)
     error_examples: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "name: why" of parts not merged (not this run's)
+    keys: list[pa.Table] = field(default_factory=list)  # (path, size, mtime) of the rows written: the done index
 
     def add(self, table: pa.Table) -> None:
         self.files += table.num_rows
+        self.keys.append(table.select(["path", "size", "mtime"]))
         errs = table.column("error").to_pylist()
         self.errors += sum(e is not None for e in errs)
         self.genres.update(g for g in table.column("genre").to_pylist() if g is not None)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 from ray.data.block import BlockMetadata
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 
 from raygenre import storage, workspace
 from raygenre.config import FeatureParams, LabelConfig
+from raygenre.label import index
 from raygenre.label.parts import (
     FORMATS,
     PartWriter,
@@ -82,6 +84,7 @@ class LabelResult:
     error_examples: list[tuple[str, str]] = field(default_factory=list)  # (path, error), a few
     set_aside: list[str] = field(default_factory=list)  # unreadable parts moved to PARTS/broken/ (relabelled)
     warnings: list[str] = field(default_factory=list)  # printed on stderr as found: ignored entries, set-aside parts
+    unchanged: bool = False  # nothing new, changed or deleted: the output was left as it was, Ray never started
 
     @property
     def resumed(self) -> int:
@@ -275,17 +278,27 @@ def label_library(library: str, out: str, cfg: LabelConfig, *, model_dir: str | 
     model_dir = resolve_model_dir(model_dir)
     model = load_model(model_dir)  # on the driver: its metadata (the actors load their own copy)
     mid, genres = model_id(model, model_dir), list(model.genres)
-    ensure_ray(address)
-    # A cluster whose workers start on demand (KubeRay groups at 0 replicas) has next to nothing yet: ask its
-    # autoscaler and wait, rather than refuse (or plan the pool from the head alone).
-    resources = wait_for_resources(label_needs(cfg), cfg.wait_for_workers_s, "label",
-                                   setting="label.wait_for_workers_s")
-    if cfg.gpu and resources.get("GPU", 0) < 1:
-        raise ValueError("--gpu: the Ray cluster has no GPU; drop --gpu to label on CPUs")
     parts_dir = parts_dir_of(out)
     run = {"model": mid, "genres": genres, "segments_per_track": cfg.segments_per_track,
            "features": dataclasses.asdict(model.features), "library": root}
+    exts = frozenset(e.lower().lstrip(".") for e in cfg.extensions)
+    settings = {"run": run, "format": cfg.format, "keep_deleted": keep_deleted,
+                "extensions": sorted(exts)}
     with run_lock(parts_dir):
+        summary = index.unchanged(parts_dir, out, settings, root, exts) if resume else None
+        if summary is not None:  # nothing new, changed or deleted: the output stands, no Ray is started
+            return LabelResult(out=str(out), format=cfg.format, new=0, audio_hours=0.0,
+                               seconds=time.monotonic() - t0, model=mid, synthetic=bool(model.meta.get("synthetic")),
+                               files=summary["files"], errors=summary["errors"],
+                               genres=[tuple(g) for g in summary["genres"]],
+                               error_examples=[tuple(e) for e in summary["error_examples"]], unchanged=True)
+        ensure_ray(address)
+        # A cluster whose workers start on demand (KubeRay groups at 0 replicas) has next to nothing yet: ask its
+        # autoscaler and wait, rather than refuse (or plan the pool from the head alone).
+        resources = wait_for_resources(label_needs(cfg), cfg.wait_for_workers_s, "label",
+                                       setting="label.wait_for_workers_s")
+        if cfg.gpu and resources.get("GPU", 0) < 1:
+            raise ValueError("--gpu: the Ray cluster has no GPU; drop --gpu to label on CPUs")
         state = prepare_parts(parts_dir, run, resume)
         warned = list(state.warnings)
         for line in warned:
@@ -314,6 +327,11 @@ def label_library(library: str, out: str, cfg: LabelConfig, *, model_dir: str | 
         for name in tally.skipped:  # appeared while the run went on; the next resume sets them aside
             warned.append(f"{storage.redact(parts_dir)}/{name}: not merged into the output")
             _warn(warned[-1])
+        if not tally.skipped:  # skipped parts are set aside by the next run: it must not be a no-op
+            index.write_index(parts_dir, out, settings, pa.concat_tables(tally.keys) if tally.keys else
+                              pa.table({"path": [], "size": [], "mtime": []}),
+                              {"files": tally.files, "errors": tally.errors, "genres": tally.genres.most_common(),
+                               "error_examples": tally.error_examples})
     return LabelResult(out=str(out), format=cfg.format, files=tally.files, new=new, errors=tally.errors,
                        genres=tally.genres.most_common(), audio_hours=audio_s / 3600,
                        seconds=time.monotonic() - t0, model=mid, synthetic=bool(model.meta.get("synthetic")),

@@ -1,10 +1,12 @@
 """``raygenre train``: one model trained data-parallel on Ray Train (V2), then exported and tested.
 
 Driver (``train``)
-    read the feature table's manifest -> the train and val splits as arrays (``prepare``; a GTZAN-size table
-    is ~70 MB), held once in Ray's object store -> per-coefficient mean/std over every frame of the TRAIN split
-    -> ``TorchTrainer`` -> best epoch's weights -> test-split evaluation + eval-mode check on the train split
-    -> model artifact (``out_dir``) + ``config.yaml``, ``history.json`` and ``confusion.png`` in the run folder.
+    read the feature table's manifest -> the train and val splits as memory-mapped files on this node
+    (``prepare``, ``raygenre.data.splits``: streamed from the Parquet table, never whole in the driver), with
+    the per-coefficient mean/std over every frame of the TRAIN split -> ``TorchTrainer`` (each worker maps
+    the files of its node, building them there first when missing) -> best epoch's weights -> test-split
+    evaluation + eval-mode check on the train split -> model artifact (``out_dir``) + ``config.yaml``,
+    ``history.json`` and ``confusion.png`` in the run folder.
 
 Workers (``train_loop_per_worker``) and the single-process twin (``train_local``) run the same ``fit_loop``
     * Data: every epoch, every rank takes its 1/N slice of a fresh seeded permutation of the whole train split
@@ -73,12 +75,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raygenre import storage
 from raygenre.config import TrainConfig, to_dict
-from raygenre.data.table import FeatureTable, open_table, read_split_arrays
+from raygenre.data.splits import SplitCache, open_splits
+from raygenre.data.table import FeatureTable, open_table
 from raygenre.model.artifact import LEGACY, LoadedModel, save_model
 from raygenre.model.networks import MODELS, build_model, resolve_hparams, unwrap
 from raygenre.runtime import ensure_ray
 from raygenre.training.evaluate import evaluate, plot_confusion
-from raygenre.workspace import home
+from raygenre.workspace import home, split_cache_dir
 
 FAULT_ENV = "RAYGENRE_FAULT_KILL_EPOCH"
 STATE_FILE = "train_state.pt"
@@ -116,12 +119,13 @@ class TrainResult:
 @dataclass
 class Prepared:
     """What every trainer on one feature table needs (``prepare``'s result; ``raygenre tune`` shares it between
-    trials with ``for_trial``)."""
+    trials with ``for_trial``). It holds no data: the splits are files on each node (``splits``), so pickling
+    this for a trial sends a few KB, whatever the table's size."""
 
     cfg: TrainConfig  # the effective config (tutorial defaults filled in)
     table: FeatureTable  # the checked table; its manifest was read once, here
-    arrays: dict[str, tuple[np.ndarray, np.ndarray]]  # {"train"|"val": (x float32 (N, frames, n_mfcc), y int64 (N,))}
-    loop_config: dict[str, Any]  # fit_loop's config; "data" is an ObjectRef of ``arrays`` once put in Ray
+    splits: SplitCache  # the train/val split files; also in loop_config["splits"] for the workers
+    loop_config: dict[str, Any]  # fit_loop's config
     mean: np.ndarray  # float32 (n_mfcc,): per-coefficient mean over every frame of the train split
     std: np.ndarray  # float32 (n_mfcc,)
     counts: dict[str, int]  # segments per split
@@ -130,42 +134,17 @@ class Prepared:
     def manifest(self) -> dict[str, Any]:
         return self.table.manifest
 
+    @property
+    def arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{"train"|"val": (x float32 (N, frames, n_mfcc), y int64 (N,))}: read-only memory maps on this node."""
+        return self.splits.arrays()
+
     def for_trial(self, cfg: TrainConfig) -> Prepared:
         """The same data (and statistics) with the trial's config ``cfg`` in the loop config."""
         return dataclasses.replace(self, cfg=cfg, loop_config={**self.loop_config, **to_dict(cfg)})
 
-    def by_reference(self) -> Prepared:
-        """This, without the driver's view of the arrays: what travels to trials, whose workers read the data
-        through ``loop_config["data"]`` (one ObjectRef). Pickling ``arrays`` would put a second copy of both
-        splits in the object store for every model of a search (``tune.with_parameters`` puts its arguments)."""
-        if "data" not in self.loop_config:
-            raise ValueError("internal error: by_reference needs prepare(..., put=True)")
-        return dataclasses.replace(self, arrays={})
-
 
 # ----------------------------------------------------------------------------------------------- driver side
-def load_stats(x: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Per-coefficient mean and std (population) over every frame of ``x`` (N, frames, n_mfcc): float32 (n_mfcc,).
-
-    Chunked float64 passes, merged with Chan's parallel formula (no catastrophic cancellation, unlike a sum of
-    squares), so memory stays at one chunk whatever N is.
-    """
-    n_mfcc = x.shape[-1]
-    count, mean, m2 = 0, np.zeros(n_mfcc), np.zeros(n_mfcc)
-    for i in range(0, len(x), chunk):
-        part = np.asarray(x[i:i + chunk], dtype=np.float64).reshape(-1, n_mfcc)
-        n_b, mean_b = part.shape[0], part.mean(0)
-        m2_b = ((part - mean_b) ** 2).sum(0)
-        delta, total = mean_b - mean, count + n_b
-        mean = mean + delta * n_b / total
-        m2 = m2 + m2_b + delta**2 * count * n_b / total
-        count = total
-    if count == 0:
-        raise ValueError("the train split is empty: nothing to compute standardisation statistics from")
-    std = np.sqrt(m2 / count)
-    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
-
-
 def effective_config(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with ``hidden``/``weight_decay`` None replaced by the tutorial's values for the model."""
     if cfg.model not in MODELS:
@@ -174,15 +153,42 @@ def effective_config(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, hidden=hidden, weight_decay=wd)
 
 
-def cpus_per_worker(workers: int) -> float:
-    """CPUs to reserve per training worker: at most 1, leaving at least one CPU of the cluster for Ray Data.
+def _node_cpus() -> list[float]:
+    """CPUs of every alive node that has any (the head of a KubeRay cluster may have none)."""
+    return [float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes()
+            if n.get("Alive") and n["Resources"].get("CPU", 0.0) >= 1.0]
 
-    On a 2-CPU machine with 2 workers that is 0.5 each: workers that took every CPU would starve the read
-    and shuffle tasks that feed them, and training would hang.
+
+def resolve_workers(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``workers`` None (auto) replaced by the rule below; needs a connected Ray.
+
+    GPU: one worker per GPU of the cluster. CPU: one worker per node. Workers on one node share its memory
+    and cores, so splitting a node in two buys nothing but an all-reduce per step: on this 2-core machine the
+    cnn epoch took 1.57x the plain loop with 2 workers of 0.5 CPU and 1 thread each (bench/train.py), while
+    one worker holding both cores runs the plain loop's two torch threads (``cpus_per_worker``,
+    ``worker_threads``).
     """
-    total = float(ray.cluster_resources().get("CPU", 1.0))
-    spare = max(total - 1.0, total / 2)
-    return max(0.01, min(1.0, math.floor(100 * spare / max(workers, 1)) / 100))
+    if cfg.workers is not None:
+        return cfg
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    return dataclasses.replace(cfg, workers=max(1, gpus if cfg.gpu else len(_node_cpus())))
+
+
+def cpus_per_worker(workers: int) -> float:
+    """CPUs to reserve per CPU training worker: the cluster's CPUs shared evenly, never more than the smallest
+    node has (a worker cannot span nodes), rounded down to 0.01.
+
+    Training reads its data from memory-mapped split files (``raygenre.data.splits``), not from Ray Data
+    tasks, so no CPU needs to stay free beside the workers while they train.
+    """
+    nodes = _node_cpus() or [float(ray.cluster_resources().get("CPU", 1.0))]
+    share = sum(nodes) / max(workers, 1)
+    return max(0.01, math.floor(100 * min(share, max(nodes))) / 100)
+
+
+def worker_threads(cpus: float) -> int:
+    """Torch threads for a worker holding ``cpus`` CPUs: one per whole CPU, at least one."""
+    return max(1, int(cpus + 1e-9))
 
 
 def loop_config(cfg: TrainConfig, frames: int, n_mfcc: int, n_genres: int, mean: np.ndarray,
@@ -193,18 +199,19 @@ def loop_config(cfg: TrainConfig, frames: int, n_mfcc: int, n_genres: int, mean:
             "std": std.tolist(), "fault_kill_epoch": None, "fault_marker": None}
 
 
-def prepare(features_dir: str | FeatureTable, cfg: TrainConfig, *, put: bool = True) -> Prepared:
-    """Check the feature table, read the train/val splits, compute the train statistics, build the loop config.
+def prepare(features_dir: str | FeatureTable, cfg: TrainConfig, *, cache_root: str | None = None) -> Prepared:
+    """Check the feature table, write (or find) its split files on this node, build the loop config.
 
     The pieces every trainer on this table needs (``raygenre tune`` reuses them with ``build_trainer`` and
     ``finish``). ``features_dir`` may be an already opened ``FeatureTable`` (its manifest is not read again).
-    With ``put``, ``loop_config["data"]`` is an ObjectRef of the arrays in Ray's object store, which every worker
-    of every trial maps without a copy on its node.
+    The splits go to memory-mapped files under ``cache_root`` (default: the workspace's split cache), streamed
+    from the table (``raygenre.data.splits``): the driver never holds a split, and every node that runs a
+    worker maps its own copy, built there once.
     """
     cfg = effective_config(cfg)
     table = open_table(features_dir)
-    arrays = {split: read_split_arrays(table, split) for split in ("train", "val")}
-    counts = {split: len(y) for split, (_, y) in arrays.items()}
+    splits = open_splits(table, cache_root or str(split_cache_dir()))
+    counts = dict(splits.counts)
     for split, n in counts.items():
         if n < cfg.workers:
             raise ValueError(f"{storage.redact(str(table.dir))} has {n} {split} segments, fewer than the "
@@ -213,14 +220,9 @@ def prepare(features_dir: str | FeatureTable, cfg: TrainConfig, *, put: bool = T
     if cfg.batch_size < cfg.workers:
         raise ValueError(f"batch_size {cfg.batch_size} is the global batch, split across the {cfg.workers} "
                          f"workers: it must be at least the number of workers")
-    mean, std = load_stats(arrays["train"][0])
-    config = loop_config(cfg, table.frames, table.params.n_mfcc, len(table.genres), mean, std)
-    if put:
-        config["data"] = ray.put(arrays)
-        # The driver keeps zero-copy views of the object store's copy (eval_mode_check reads the train split), so
-        # its own heap copy is freed here: one copy in all, not one in the driver and one in the store.
-        arrays = ray.get(config["data"])
-    return Prepared(cfg=cfg, table=table, arrays=arrays, loop_config=config, mean=mean, std=std, counts=counts)
+    mean, std = np.asarray(splits.mean, dtype=np.float32), np.asarray(splits.std, dtype=np.float32)
+    config = {**loop_config(cfg, table.frames, table.params.n_mfcc, len(table.genres), mean, std), "splits": splits}
+    return Prepared(cfg=cfg, table=table, splits=splits, loop_config=config, mean=mean, std=std, counts=counts)
 
 
 def build_trainer(prepared: Prepared, cfg: TrainConfig, storage_path: str, name: str,
@@ -232,7 +234,7 @@ def build_trainer(prepared: Prepared, cfg: TrainConfig, storage_path: str, name:
     resources = {"CPU": 1.0, "GPU": 1.0} if cfg.gpu else {"CPU": cpus or cpus_per_worker(cfg.workers)}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=prepared.loop_config,
+        train_loop_config={**prepared.loop_config, "threads": worker_threads(resources["CPU"])},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name,
@@ -343,6 +345,7 @@ def _train(table: FeatureTable, cfg: TrainConfig, output: storage.Output, *, sto
            progress_callback: Callable[[dict[str, Any]], None] | None, name: str | None, t0: float) -> TrainResult:
     """``train`` once its output is claimed: the Ray Train run, then ``finish`` commits into ``output``."""
     ensure_ray()
+    cfg = resolve_workers(cfg)
     prepared = prepare(table, cfg)
     storage_path, run_name = run_location(cfg.model, storage_path, name)
     run_dir = storage.join(storage_path, run_name)
@@ -618,7 +621,7 @@ def train_local(prepared: Prepared, progress_callback: Callable[[dict[str, Any]]
                 device: str = "cpu") -> dict[str, Any]:
     """The single-process twin of ``train``'s Ray Train run: the same ``fit_loop`` in this process, no Ray.
 
-    ``prepared`` from ``prepare(..., put=False)``. Returns the final training state (``history``,
+    ``prepared`` from ``prepare``. Returns the final training state (``history``,
     ``best_epoch``, ``best_state``, ...), which ``finish`` turns into an artifact like a Ray Train run's.
     One Ray Train worker with the same config gives the same numbers (tests hold them to it).
     """
@@ -653,6 +656,7 @@ def _quiet_report_logs() -> None:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker: build, resume if a checkpoint exists, then ``fit_loop`` with a report per epoch."""
     _quiet_report_logs()
+    torch.set_num_threads(config.get("threads") or 1)  # as many as CPUs held (Ray's OMP default is not torch's)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -669,6 +673,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
         state["resumed_from"].append(state["epoch"])
-    data = ray.get(config["data"])  # zero-copy views of the object store's arrays on this node
+    data = config["splits"].arrays()  # memory maps of this node's split files (built here if missing)
     fit_loop(model, optimizer, state, data, config, device,
              lambda metrics: _save_and_report(metrics, model, optimizer, state, rank), rank, world)

@@ -361,9 +361,9 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, *, resume: bool = 
                                    gpu=cfg.gpus_per_trial > 0, seed=cfg.seed)
 
     # The data, once for the whole search: the splits and their statistics do not depend on the model, so one
-    # prepare reads them and puts them in the object store once; every trial of every model gets the reference
-    # (by_reference), never the arrays. Before, each model prepared (and put) its own copy and with_parameters
-    # put another: 3 models were 3 copies in the driver and 6 in the object store.
+    # prepare writes the split files (one copy per node, none in the object store) and every trial of every
+    # model gets a Prepared that names them, a few KB. Before, each model prepared (and put) its own copy and
+    # with_parameters put another: 3 models were 3 copies in the driver and 6 in the object store.
     shared = prepare(feature_table, model_base(cfg.models[0]))
     synthetic = feature_table.synthetic
     for model in cfg.models:
@@ -372,7 +372,7 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, *, resume: bool = 
         mbase = model_base(model)
         prepared = shared.for_trial(effective_config(mbase))
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, prepared=prepared.by_reference(), base=mbase,
+            tune.with_parameters(run_trial, prepared=prepared, base=mbase,
                                  train_storage=storage.join(out, "train"),
                                  cpus_per_worker=per_worker, gpus_per_worker=gpus_per_worker),
             {"cpu": TRIAL_CPU},
