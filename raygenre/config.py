@@ -178,6 +178,9 @@ def rule_of(cls: type, name: str) -> Any:
 SEED = Range(0, SEED_MAX)
 SAMPLE_RATE = Range(1000, 768_000)  # Hz: telephone audio to 768 kHz studio files (what the decoders handle)
 DECODE_TIMEOUT = Range(0, 86_400)  # seconds; 0 = no limit and no decoder child (the decoder read < 0 as 0, too)
+# seconds a command on a cluster that starts workers on demand (autoscaler, KubeRay groups at 0 replicas) waits for
+# them, having asked its autoscaler (runtime.wait_for_resources); 0 = no wait: a cluster too small is refused at once
+WAIT_FOR_WORKERS = Range(0, 86_400)
 
 
 def default_file(section: str) -> importlib.resources.abc.Traversable:
@@ -397,6 +400,7 @@ class TuneConfig:
     search_alg: str = rule(OneOf(("random", "optuna", "hyperopt")))  # the latter two if installed
     seed: int = rule(SEED)
     search_spaces: dict[str, dict[str, Any]] = rule(SearchSpaces())
+    wait_for_workers_s: float = rule(WAIT_FOR_WORKERS)  # for one trial's CPUs/GPUs on a cluster still without them
     train: TrainConfig  # the trials' base (patience, min_epochs, bn_*, max_failures); tune sets the rest per trial
 
     @property
@@ -446,6 +450,7 @@ class LabelConfig:
     extensions: list[str] = rule(Items(Name("a file extension such as wav (no '/')", "/\\\0", strip=".")))
     decode_timeout_s: float = rule(DECODE_TIMEOUT)  # per file, as featurize's (0 = no limit, no child)
     actor_restarts: int = rule(Range(0, 10_000))  # model actor restarts allowed in all before the run stops
+    wait_for_workers_s: float = rule(WAIT_FOR_WORKERS)  # for the actors' and decoding's CPUs (GPUs with gpu)
 
 
 # Each config class and the packaged YAML file (raygenre/configs/<section>.yaml) holding its defaults.

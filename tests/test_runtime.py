@@ -76,3 +76,13 @@ def test_state_api_answers_for_this_cluster(ray_local: None) -> None:
         return [n.node_id for n in list_nodes()]
 
     assert ray.get(nodes_seen_from_a_worker.remote()) == [ray.get_runtime_context().get_node_id()]
+
+
+def test_the_ray_raygenre_starts_is_never_waited_for(ray_local: None) -> None:
+    """A local Ray has fixed CPUs and no autoscaler: a need it cannot meet returns at once, with nothing asked."""
+    from raygenre import runtime
+
+    assert not runtime.joined_cluster()  # this process started it (``_global_node.head``)
+    asked: list[object] = []
+    have = runtime.wait_for_resources({"CPU": 99.0}, 600.0, "test", ask=asked.append)
+    assert have["CPU"] == 2.0 and asked == []

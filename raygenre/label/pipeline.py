@@ -53,7 +53,7 @@ from raygenre.label.predict import Predictor, decode_batch, model_id
 from raygenre.label.scan import SCAN_BLOCK_ROWS, SCAN_SCHEMA, SCAN_SHARDS, library_root, scan_shard, spread_depth
 from raygenre.label.watchdog import ActorWatchdog
 from raygenre.model.artifact import load_model
-from raygenre.runtime import ensure_ray
+from raygenre.runtime import ensure_ray, wait_for_resources
 from raygenre.workspace import progress_bars_wanted
 
 SCAN_CONCURRENCY = 2  # scan tasks running at once (they take no CPU slot: see _build_dataset)
@@ -130,6 +130,21 @@ class LibraryScan(Datasource):
                 for k in range(self.shards)]
 
 
+ACTOR_CPUS = 0.5  # what each model actor declares
+DECODE_MIN_CPUS = 1.0  # what the actors must leave free: decode tasks and the 1-CPU repartition tasks
+
+
+def label_needs(cfg: LabelConfig) -> dict[str, float]:
+    """The least a cluster must have for ``_pool_sizes`` to plan a run: the actors ``cfg`` asks for (1 when it
+    derives them) at ``ACTOR_CPUS`` each plus ``DECODE_MIN_CPUS``, and with ``cfg.gpu`` one GPU per actor.
+    ``label_library`` waits for it on a cluster that starts its workers on demand."""
+    actors = cfg.actors or 1
+    need = {"CPU": actors * ACTOR_CPUS + DECODE_MIN_CPUS}
+    if cfg.gpu:
+        need["GPU"] = float(actors)
+    return need
+
+
 def _pool_sizes(cfg: LabelConfig, resources: dict[str, float]) -> tuple[int, float, int, float]:
     """(actors, CPUs per actor, decode tasks at once, CPUs per decode task), leaving room for every stage.
 
@@ -143,9 +158,9 @@ def _pool_sizes(cfg: LabelConfig, resources: dict[str, float]) -> tuple[int, flo
     cpus = float(resources.get("CPU", 1.0))
     derived = int(resources.get("GPU", 0)) if cfg.gpu else int(cpus // 16)
     actors = cfg.actors or max(1, derived)
-    actor_cpus = 0.5
+    actor_cpus = ACTOR_CPUS
     left = cpus - actors * actor_cpus
-    if left < 1.0:  # the decode tasks and the 1-CPU repartition tasks need at least 1 CPU
+    if left < DECODE_MIN_CPUS:  # the decode tasks and the 1-CPU repartition tasks need at least 1 CPU
         raise ValueError(f"{actors} model actors x {actor_cpus} CPU leave no CPU for decoding on this "
                          f"cluster ({cpus:g} CPUs): use fewer actors (label.actors)")
     decoders = max(1, int(left + 0.5))  # one per CPU left: decoding is single-threaded
@@ -278,7 +293,11 @@ def label_library(library: str, out: str, cfg: LabelConfig, *, model_dir: str | 
                                files=summary["files"], errors=summary["errors"],
                                genres=[tuple(g) for g in summary["genres"]],
                                error_examples=[tuple(e) for e in summary["error_examples"]], unchanged=True)
-        resources = ensure_ray(address)
+        ensure_ray(address)
+        # A cluster whose workers start on demand (KubeRay groups at 0 replicas) has next to nothing yet: ask its
+        # autoscaler and wait, rather than refuse (or plan the pool from the head alone).
+        resources = wait_for_resources(label_needs(cfg), cfg.wait_for_workers_s, "label",
+                                       setting="label.wait_for_workers_s")
         if cfg.gpu and resources.get("GPU", 0) < 1:
             raise ValueError("--gpu: the Ray cluster has no GPU; drop --gpu to label on CPUs")
         state = prepare_parts(parts_dir, run, resume)

@@ -41,7 +41,7 @@ from raygenre import storage, workspace
 from raygenre.config import TrainConfig, TuneConfig, to_dict
 from raygenre.data.table import open_table
 from raygenre.model.artifact import copy_model, set_default_model
-from raygenre.runtime import ensure_ray
+from raygenre.runtime import ensure_ray, wait_for_resources
 from raygenre.training.train import Prepared, build_trainer, effective_config, finish, prepare, read_checkpoint
 
 HPARAMS = ("lr", "batch_size", "dropout", "weight_decay", "hidden")
@@ -131,6 +131,19 @@ def make_search_alg(name: str, seed: int, max_concurrent: int, points: list[dict
 
 
 MIN_WORKER_CPU = 0.25  # below this a Train worker is starved (and Ray Data's tasks are, too)
+
+
+def trial_needs(cfg: TuneConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """(least, wanted) resources for a search: the least ``plan_concurrency`` accepts (one trial of
+    ``MIN_WORKER_CPU`` workers, its actor and the data pipeline's CPU, and ``gpus_per_trial``), and what it would
+    like to start with: ``max_concurrent`` trials (1 when derived) of 1-CPU workers. ``tune_models`` waits for the
+    least on a cluster that starts its workers on demand, having asked its autoscaler for the wanted."""
+    workers, trials = cfg.trial_workers, cfg.max_concurrent or 1
+    least = {"CPU": 1.0 + TRIAL_CPU + workers * MIN_WORKER_CPU}
+    wanted = {"CPU": 1.0 + trials * (TRIAL_CPU + workers * 1.0)}
+    if cfg.gpus_per_trial > 0:
+        least["GPU"], wanted["GPU"] = cfg.gpus_per_trial, trials * cfg.gpus_per_trial
+    return least, wanted
 
 
 def plan_concurrency(resources: dict[str, float], cfg: TuneConfig) -> tuple[int, float]:
@@ -334,7 +347,10 @@ def tune_models(features_dir: str, cfg: TuneConfig, out: str, *, resume: bool = 
         for model in cfg.models:
             if tune.Tuner.can_restore(storage.join(experiments, model)):
                 check_resumable(storage.join(experiments, model), out)
-    resources = ensure_ray(address)
+    ensure_ray(address)
+    least, wanted = trial_needs(cfg)  # a cluster starting its workers on demand: ask its autoscaler, and wait
+    resources = wait_for_resources(least, cfg.wait_for_workers_s, "tune", want=wanted,
+                                   setting="tune.wait_for_workers_s")
     concurrent, per_worker = plan_concurrency(resources, cfg)
     gpus_per_worker = cfg.gpus_per_trial / cfg.trial_workers if cfg.gpus_per_trial > 0 else 0.0
     tables, best = [], {}
