@@ -183,7 +183,7 @@ def cpus_per_worker(workers: int) -> float:
     """
     nodes = _node_cpus() or [float(ray.cluster_resources().get("CPU", 1.0))]
     share = sum(nodes) / max(workers, 1)
-    return max(0.01, math.floor(100 * min(share, max(nodes))) / 100)
+    return max(0.01, math.floor(100 * min(share, min(nodes))) / 100)
 
 
 def worker_threads(cpus: float) -> int:
