@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from raygenre import storage
 from raygenre.label.parts import RUN_FILE, _read_run, list_parts, safe_str
-from raygenre.label.scan import SCAN_SHARDS, walk_shard
+from raygenre.label.scan import walk_shard
 
 INDEX_FILE = "done-index.parquet"
 _META = b"raygenre.done-index"
@@ -31,12 +31,12 @@ _SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime", pa.f
 
 def _parts_of(parts_dir: str) -> list[list[Any]]:
     """[name, size] of every part, in order: a part added, removed or rewritten changes it."""
+    parts = list_parts(parts_dir)
+    if not parts:
+        return []
     fs, _ = storage.resolve(parts_dir)
-    out = []
-    for part in list_parts(parts_dir):
-        info = fs.get_file_info(storage.resolve(part)[1])
-        out.append([part.rsplit("/", 1)[-1], int(info.size or 0)])
-    return out
+    infos = fs.get_file_info([storage.resolve(part)[1] for part in parts])  # one listing call, not one per part
+    return [[part.rsplit("/", 1)[-1], int(info.size or 0)] for part, info in zip(parts, infos, strict=True)]
 
 
 def _out_stamp(out: str) -> list[Any] | None:
@@ -63,11 +63,10 @@ def write_index(parts_dir: str, out: str, settings: dict[str, Any], keys: pa.Tab
 def walk_library(root: str, exts: frozenset[str]) -> pa.Table:
     """Every entry the scan would consider (``_SCHEMA``: its stored path, size, mtime), sorted by path."""
     cols: dict[str, list[Any]] = {"path": [], "size": [], "mtime": []}
-    for shard in range(SCAN_SHARDS):
-        for found in walk_shard(root, shard, SCAN_SHARDS, exts):
-            cols["path"].append(safe_str(found.path)[0])
-            cols["size"].append(found.size)
-            cols["mtime"].append(found.mtime)
+    for found in walk_shard(root, 0, 1, exts):  # one shard of one: the whole library in a single pass
+        cols["path"].append(safe_str(found.path)[0])
+        cols["size"].append(found.size)
+        cols["mtime"].append(found.mtime)
     return pa.table(cols, schema=_SCHEMA).sort_by("path")
 
 
