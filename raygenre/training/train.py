@@ -491,16 +491,59 @@ def bn_rows(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> np.
     return epoch_rows(n, seed + 1, epoch, rank, world)[: max(1, BN_SAMPLE // world)]
 
 
-def _batches(x: np.ndarray, y: np.ndarray, rows: np.ndarray, batch: int, device: torch.device,
-             mean: torch.Tensor, std: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Standardised (batch, frames, n_mfcc) float32 inputs and int64 labels for ``rows``, in order."""
+# A split is copied to a GPU whole (once per run) when it takes at most this share of the device's free memory;
+# larger ones stream each batch through pinned host memory. FMA-large's train split is ~5.5 GB: resident on an
+# 80 GB H100 with room for the model, the activations and other workers' contexts.
+RESIDENT_FRACTION = 0.5
+_CHUNK_ROWS = 4096  # rows per host-to-device copy while a split goes to the GPU (bounded pinned buffers)
+
+
+def on_device(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[np.ndarray | torch.Tensor, ...]:
+    """One split (x: (n, frames, n_mfcc) float32, y: (n,) int64; usually memory maps) as the loop reads it.
+
+    CPU: unchanged (batches are gathered from the maps: the single-process twin and one worker stay exact).
+    CUDA: copied to the device once, in ``_CHUNK_ROWS`` chunks through pinned memory (the host never holds a
+    second copy), when it fits in ``RESIDENT_FRACTION`` of the free device memory; then every batch is an
+    on-device gather and no step waits on the host. Otherwise the maps are kept and ``_batches`` pins each batch.
+    """
+    if device.type != "cuda":
+        return x, y
+    free, _total = torch.cuda.mem_get_info(device)
+    if x.nbytes + y.nbytes > RESIDENT_FRACTION * free:
+        return x, y
+    xd = torch.empty(x.shape, dtype=torch.float32, device=device)
+    yd = torch.empty(y.shape, dtype=torch.int64, device=device)
+    for i in range(0, len(x), _CHUNK_ROWS):
+        xd[i:i + _CHUNK_ROWS].copy_(torch.from_numpy(np.ascontiguousarray(x[i:i + _CHUNK_ROWS])).pin_memory(),
+                                    non_blocking=True)
+        yd[i:i + _CHUNK_ROWS].copy_(torch.from_numpy(np.ascontiguousarray(y[i:i + _CHUNK_ROWS])))
+    return xd, yd
+
+
+def _batches(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor | None, rows: np.ndarray, batch: int,
+             device: torch.device, mean: torch.Tensor, std: torch.Tensor
+             ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Standardised (batch, frames, n_mfcc) float32 inputs and int64 labels (None without ``y``) for ``rows``,
+    in order. ``x``/``y`` from ``on_device``: tensors on the device (gathered there; the epoch's row order is
+    copied once), or host arrays (gathered on the host; pinned before an asynchronous copy to a GPU)."""
+    if isinstance(x, torch.Tensor):
+        order = torch.from_numpy(np.ascontiguousarray(rows)).to(x.device, non_blocking=True)
+        for i in range(0, len(rows), batch):
+            r = order[i:i + batch]
+            yield (x.index_select(0, r) - mean) / std, (None if y is None else y.index_select(0, r))
+        return
+    pin = device.type == "cuda"
     for i in range(0, len(rows), batch):
         r = rows[i:i + batch]
-        xb = torch.from_numpy(x[r]).to(device, non_blocking=True)
-        yield (xb - mean) / std, torch.from_numpy(y[r]).to(device, non_blocking=True)
+        xb, yb = torch.from_numpy(x[r]), None if y is None else torch.from_numpy(y[r])
+        if pin:
+            xb, yb = xb.pin_memory(), None if yb is None else yb.pin_memory()
+        xb = xb.to(device, non_blocking=True)
+        yield (xb - mean) / std, None if yb is None else yb.to(device, non_blocking=True)
 
 
-def run_epoch(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, rows: np.ndarray, config: dict[str, Any],
+def run_epoch(model: torch.nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, rows: np.ndarray,
+              config: dict[str, Any],
               device: torch.device, mean: torch.Tensor, std: torch.Tensor, batch: int,
               optimizer: torch.optim.Optimizer | None = None,
               on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
@@ -512,7 +555,8 @@ def run_epoch(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, rows: np.nda
     training = optimizer is not None
     net = model if training else unwrap(model)  # evaluation needs no DDP gradient sync
     net.train(training)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct: on the device, no step waits
+    count = 0  # on the host: a device tensor made from it each step would be a synchronising copy
     with torch.set_grad_enabled(training):
         for i, (xb, yb) in enumerate(_batches(x, y, rows, batch, device, mean, std)):
             logits = net(xb)
@@ -524,16 +568,17 @@ def run_epoch(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, rows: np.nda
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
-            sums += torch.stack([loss.detach().double() * len(yb), (logits.argmax(1) == yb).sum().double(),
-                                 torch.tensor(float(len(yb)), dtype=torch.float64, device=device)])
+            sums += torch.stack([loss.detach().double() * len(yb), (logits.argmax(1) == yb).sum().double()])
+            count += len(yb)
             if on_batch is not None:
                 on_batch(i)
-    loss_sum, correct, count = _all_reduce(sums).tolist()
+    totals = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64, device=device)])
+    loss_sum, correct, count = _all_reduce(totals).tolist()
     return {"loss": loss_sum / max(count, 1.0), "acc": correct / max(count, 1.0), "count": int(count)}
 
 
 @torch.no_grad()
-def recompute_batchnorm(model: torch.nn.Module, x: np.ndarray, rows: np.ndarray, device: torch.device,
+def recompute_batchnorm(model: torch.nn.Module, x: np.ndarray | torch.Tensor, rows: np.ndarray, device: torch.device,
                         mean: torch.Tensor, std: torch.Tensor, batch: int, world: int = 1) -> bool:
     """Set every BatchNorm's running statistics to the average over ``rows`` of x, then average across ranks.
 
@@ -552,7 +597,7 @@ def recompute_batchnorm(model: torch.nn.Module, x: np.ndarray, rows: np.ndarray,
         m.reset_running_stats()
         m.momentum = None
         m.train()
-    for xb, _ in _batches(x, np.zeros(len(x), dtype=np.int64), rows, batch, device, mean, std):
+    for xb, _ in _batches(x, None, rows, batch, device, mean, std):
         model(xb)
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
@@ -579,7 +624,7 @@ def fit_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: di
     """
     mean = torch.tensor(config["mean"], dtype=torch.float32, device=device)
     std = torch.tensor(config["std"], dtype=torch.float32, device=device)
-    (xtr, ytr), (xva, yva) = data["train"], data["val"]
+    (xtr, ytr), (xva, yva) = on_device(*data["train"], device), on_device(*data["val"], device)
     local_batch = max(1, config["batch_size"] // world)
     val_rows = np.arange(rank, len(yva), world)
     for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
