@@ -194,6 +194,9 @@ def label(
     batch_size: int | None = typer.Option(None, help=f"Files per model batch (default: {LABEL.batch_size})."),
     gpu: bool | None = typer.Option(None, "--gpu/--cpu", help="Run the model on GPUs, one actor per GPU "
                                     f"(default: {'GPU' if LABEL.gpu else 'CPU'})."),
+    min_confidence: float | None = typer.Option(None, help="A file whose top probability is below this gets genre "
+                                                "\"unknown\"; its best guess stays in top_genre. Changing it "
+                                                f"relabels nothing (default: {LABEL.min_confidence:g})."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip files already in OUT.parts/ "
                                 "(same path, size and mtime) and append the rest; --no-resume labels everything."),
     keep_deleted: bool = typer.Option(False, "--keep-deleted", help="Keep the rows of files that were labelled "
@@ -208,7 +211,8 @@ def label(
 
     Each file gives --segments-per-track windows spread across it (only those are decoded where the format
     can seek, so hour-long mixes are cheap); the model runs in a pool of Ray actors. Rows: path, genre,
-    confidence, `p_<genre>` for every genre, duration_s, segments_used, error, model, size, mtime.
+    top_genre, confidence, `p_<genre>` for every genre, duration_s, segments_used, error, model, size, mtime.
+    genre is "unknown" where confidence < --min-confidence; top_genre is always the best guess.
 
     Results are saved in parts (OUT.parts/, each written atomically) as they complete, so an interrupted run
     loses nothing: run the same command again to finish it. OUT is written at the end, atomically.
@@ -223,7 +227,8 @@ def label(
     from raygenre.label.pipeline import LabelStopped, label_library
 
     cfg = load_config(LabelConfig, config, {"format": fmt, "segments_per_track": segments_per_track,
-                                            "batch_size": batch_size, "gpu": gpu})
+                                            "batch_size": batch_size, "gpu": gpu,
+                                            "min_confidence": min_confidence})
     if fmt is None and out is not None and format_of(out):
         cfg = dataclasses.replace(cfg, format=format_of(out))
     try:

@@ -451,6 +451,8 @@ class LabelConfig:
     decode_timeout_s: float = rule(DECODE_TIMEOUT)  # per file, as featurize's (0 = no limit, no child)
     actor_restarts: int = rule(Range(0, 10_000))  # model actor restarts allowed in all before the run stops
     wait_for_workers_s: float = rule(WAIT_FOR_WORKERS)  # for the actors' and decoding's CPUs (GPUs with gpu)
+    # a file whose top probability (confidence) is below this gets genre "unknown" (top_genre keeps the guess)
+    min_confidence: float = rule(Range(0, 1))
 
 
 # Each config class and the packaged YAML file (raygenre/configs/<section>.yaml) holding its defaults.

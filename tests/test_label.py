@@ -593,8 +593,8 @@ def test_output_formats_hold_the_same_rows(ray_local: None, tmp_path: Path) -> N
         tally = consolidate(parts, str(tmp_path / f"labels.{fmt}"), fmt, schema)
         assert (tally.files, tally.errors) == (4, 1)
     tables = {fmt: read_labels(str(tmp_path / f"labels.{fmt}")).sort_by("path") for fmt in ("parquet", "csv", "jsonl")}
-    cols = ["path", "genre", "confidence", *[f"p_{g}" for g in GENRES], "duration_s", "segments_used", "error",
-            "model", "size", "mtime"]
+    cols = ["path", "genre", "top_genre", "confidence", *[f"p_{g}" for g in GENRES], "duration_s", "segments_used",
+            "error", "model", "size", "mtime"]
     first = (tmp_path / "labels.jsonl").read_text().splitlines()[0]
     assert list(json.loads(first)) == cols
     ref = tables["parquet"].to_pylist()

@@ -60,7 +60,8 @@ def rows(paths: list[str], model: str = MID, genres: list[str] = GENRES, size: i
     n = len(paths)
     ok = error is None
     table = pa.table({
-        "path": paths, "genre": [genres[0] if ok else None] * n, "confidence": [1.0 if ok else None] * n,
+        "path": paths, "genre": [genres[0] if ok else None] * n,
+        "top_genre": [genres[0] if ok else None] * n, "confidence": [1.0 if ok else None] * n,
         **{f"p_{g}": [(1.0 if i == 0 else 0.0) if ok else None] * n for i, g in enumerate(genres)},
         "duration_s": [5.0] * n, "segments_used": [1 if ok else 0] * n, "error": [error] * n,
         "model": [model] * n, "size": [size] * n, "mtime": [mtime] * n})
@@ -331,7 +332,8 @@ def test_run_file_records_model_and_schema(tmp_path: Path) -> None:
     prepare_parts(str(parts), run_of(tmp_path), resume=True)
     run = json.loads((parts / RUN_FILE).read_text())
     assert run["model"] == MID and run["genres"] == GENRES
-    assert run["schema"][:3] == [["path", "string"], ["genre", "string"], ["confidence", "float"]]
+    assert run["schema"][:4] == [["path", "string"], ["genre", "string"], ["top_genre", "string"],
+                                 ["confidence", "float"]]
     assert [n for n, _ in run["schema"]] == output_schema(GENRES).names
 
 

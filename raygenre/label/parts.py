@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.json as pajson
@@ -51,7 +52,11 @@ MAX_ERROR_EXAMPLES = 5
 PART_NAME = re.compile(r"part-(\d+)-[0-9a-f]+\.parquet")  # what PartWriter names its parts (fullmatch)
 # Temporaries of raygenre's own writes killed mid-way (storage's atomic writers: ".<name>.tmp-<hex>").
 TEMPORARY = re.compile(r"\.(?:part-\d+-[0-9a-f]+\.parquet|run\.json)\.tmp-[0-9a-f]+")
-HEAD_COLUMNS = ["path", "genre", "confidence"]  # a label table's columns: these, p_<genre>..., then TAIL_COLUMNS
+HEAD_COLUMNS = ["path", "genre", "top_genre", "confidence"]  # a label table: these, p_<genre>..., TAIL_COLUMNS
+# The head of label tables written before ``top_genre`` (raygenre <= 0.x): still recognised as raygenre's own
+# output (a rerun may replace it); their parts are set aside and relabelled, never merged with new ones.
+LEGACY_HEAD_COLUMNS = ["path", "genre", "confidence"]
+UNKNOWN = "unknown"  # the genre of a file whose confidence is below label.min_confidence
 TAIL_COLUMNS = ["duration_s", "segments_used", "error", "model", "size", "mtime"]
 SNIFF_BYTES = 1 << 20  # how much of an existing CSV/JSONL --out is read to recognise its header
 
@@ -265,10 +270,11 @@ def read_part(path: str, columns: list[str] | None = None) -> pa.Table:
 
 
 def output_schema(genres: list[str]) -> pa.Schema:
-    """One row per file. ``p_<genre>`` and ``genre``/``confidence`` are null for error rows."""
+    """One row per file. ``p_<genre>``, ``genre``, ``top_genre`` and ``confidence`` are null for error rows."""
     return pa.schema([
         ("path", pa.string()),  # absolute path of the file (non-UTF-8 names: see safe_str)
-        ("genre", pa.string()),  # argmax of the mean probability over the file's segments
+        ("genre", pa.string()),  # top_genre, or "unknown" where confidence < label.min_confidence (output only)
+        ("top_genre", pa.string()),  # argmax of the mean probability over the file's segments (the best guess)
         ("confidence", pa.float32()),  # that mean probability
         *[(f"p_{g}", pa.float32()) for g in genres],  # mean softmax over segments; sums to 1
         ("duration_s", pa.float64()),  # from the header (also on error rows when the header was readable)
@@ -285,11 +291,14 @@ def describe_schema(schema: pa.Schema) -> list[list[str]]:
     return [[f.name, str(f.type)] for f in schema]
 
 
-def genres_of_columns(names: list[str]) -> list[str] | None:
+def genres_of_columns(names: list[str], *, legacy: bool = False) -> list[str] | None:
     """The genres of a label table's columns (its ``p_<genre>`` columns), ``None`` when they are not a label
-    table's: path, genre, confidence, p_<genre>..., duration_s, segments_used, error, model, size, mtime."""
-    head, tail = len(HEAD_COLUMNS), len(TAIL_COLUMNS)
-    if len(names) <= head + tail or names[:head] != HEAD_COLUMNS or names[-tail:] != TAIL_COLUMNS:
+    table's: path, genre, top_genre, confidence, p_<genre>..., duration_s, segments_used, error, model, size,
+    mtime. ``legacy`` also accepts the older tables without ``top_genre``."""
+    tail = len(TAIL_COLUMNS)
+    heads = [HEAD_COLUMNS, LEGACY_HEAD_COLUMNS] if legacy else [HEAD_COLUMNS]
+    head = next((len(h) for h in heads if names[:len(h)] == h), None)
+    if head is None or len(names) <= head + tail or names[-tail:] != TAIL_COLUMNS:
         return None
     middle = names[head:-tail]
     return [n[2:] for n in middle] if all(n.startswith("p_") and len(n) > 2 for n in middle) else None
@@ -301,6 +310,13 @@ def is_label_schema(schema: pa.Schema) -> bool:
     return genres is not None and schema.equals(output_schema(genres), check_metadata=False)
 
 
+def _is_legacy_schema(schema: pa.Schema) -> bool:
+    """The columns and types of a label table written before ``top_genre``."""
+    genres = genres_of_columns(schema.names, legacy=True)
+    return genres is not None and schema.equals(
+        pa.schema([f for f in output_schema(genres) if f.name != "top_genre"]), check_metadata=False)
+
+
 def _part_problem(part: str, schema: pa.Schema | None, model: str | None) -> tuple[str, str] | None:
     """Why a part cannot be used: ("broken", why) when it is not readable Parquet, ("other", why) when it is
     not a label part, or (given ``schema``/``model``) was made with another schema or model; else ``None``."""
@@ -309,6 +325,8 @@ def _part_problem(part: str, schema: pa.Schema | None, model: str | None) -> tup
         found = pq.read_schema(inner, filesystem=fs)
     except (pa.ArrowException, OSError):
         return "broken", "not readable Parquet (empty or cut short)"
+    if _is_legacy_schema(found):
+        return "other", "made by an earlier raygenre (no top_genre column): its files are labelled again"
     if not is_label_schema(found):
         return "other", f"not a label part (columns {', '.join(found.names[:6])}...)"
     if schema is not None and not found.equals(schema, check_metadata=False):
@@ -382,7 +400,7 @@ def _sniff_columns(fs: pafs.FileSystem, inner: str) -> list[str] | None:
     header or the first JSON Lines object), else ``None``. Reads the footer or the first MiB, never the rest."""
     try:
         found = pq.read_schema(inner, filesystem=fs)
-        return found.names if is_label_schema(found) else None
+        return found.names if is_label_schema(found) or _is_legacy_schema(found) else None
     except (pa.ArrowException, OSError):
         pass
     with fs.open_input_stream(inner) as f:
@@ -407,10 +425,10 @@ def is_label_output(out: str) -> bool:
     """Whether the existing file ``out`` is a label table raygenre wrote, so that a rerun may replace it.
 
     Recognised by its content, which goes wherever the file goes: its columns are exactly a label table's
-    (path, genre, confidence, p_<genre>..., duration_s, segments_used, error, model, size, mtime; Parquet: with
-    their types). ``run.json`` beside it would not do alone: the parts folder may be gone (deleted to start
-    over) while the output stays. An empty file counts only when ``OUT.parts/run.json`` says a label run wrote
-    here (a JSON Lines output of no rows is empty).
+    (path, genre, top_genre, confidence, p_<genre>..., duration_s, segments_used, error, model, size, mtime, or
+    an earlier raygenre's without top_genre; Parquet: with their types). ``run.json`` beside it would not do
+    alone: the parts folder may be gone (deleted to start over) while the output stays. An empty file counts
+    only when ``OUT.parts/run.json`` says a label run wrote here (a JSON Lines output of no rows is empty).
     """
     fs, inner = storage.resolve(out)
     info = fs.get_file_info(inner)
@@ -419,7 +437,7 @@ def is_label_output(out: str) -> bool:
     if info.size == 0:
         return storage.exists(storage.join(parts_dir_of(out), RUN_FILE))
     columns = _sniff_columns(fs, inner)
-    return columns is not None and genres_of_columns(columns) is not None
+    return columns is not None and genres_of_columns(columns, legacy=True) is not None
 
 
 def check_label_output(out: str, *, overwrite: bool) -> None:
@@ -592,15 +610,26 @@ class _OutputFile:
                 self.fs.delete_file(self.tmp)
 
 
+def with_threshold(table: pa.Table, min_confidence: float) -> pa.Table:
+    """``table`` with ``genre`` set to ``UNKNOWN`` where ``confidence < min_confidence`` (``top_genre`` keeps
+    the best guess, the probabilities stay); error rows (null genre) stay null. 0 changes nothing."""
+    if min_confidence <= 0:
+        return table
+    unsure = pc.fill_null(pc.less(table.column("confidence"), pa.scalar(min_confidence, pa.float32())), False)
+    genre = pc.if_else(unsure, pa.scalar(UNKNOWN), table.column("genre"))
+    return table.set_column(table.schema.get_field_index("genre"), "genre", genre)
+
+
 def consolidate(parts_dir: str, out: str, fmt: str, schema: pa.Schema, *, keep_deleted: bool = False,
-                model: str | None = None, overwrite: bool = False) -> _Tally:
+                model: str | None = None, overwrite: bool = False, min_confidence: float = 0.0) -> _Tally:
     """Stream the parts into ``out`` in ``fmt`` (atomically: a temporary file, then a rename); count rows.
 
     Exactly one row per file: where runs labelled a path more than once (it changed between runs), the row of
     the latest part wins; rows of files no longer in the library are dropped unless ``keep_deleted``, and so is
     a folder's error row ("cannot list this folder") once that folder can be listed (its files have rows then).
     Parts of another ``schema`` or (given) ``model`` are never merged: they are skipped and named in
-    ``skipped``. ``out`` goes through ``check_label_output`` again before the rename.
+    ``skipped``. ``out`` goes through ``check_label_output`` again before the rename. ``min_confidence``:
+    ``with_threshold`` (applied here, not in the parts: changing it relabels nothing).
     """
     parts = []
     tally = _Tally()
@@ -622,7 +651,7 @@ def consolidate(parts_dir: str, out: str, fmt: str, schema: pa.Schema, *, keep_d
             keep = [latest[p] == (i, j) and (keep_deleted or on_disk(p))
                     and not (e is not None and s == 0 and listable_folder(p))
                     for j, (p, e, s) in enumerate(zip(cols["path"], cols["error"], cols["size"], strict=True))]
-            table = table.filter(pa.array(keep, type=pa.bool_()))
+            table = with_threshold(table.filter(pa.array(keep, type=pa.bool_())), min_confidence)
             target.write(table)
             tally.add(table)
         target.commit()

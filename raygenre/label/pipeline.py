@@ -284,7 +284,7 @@ def label_library(library: str, out: str, cfg: LabelConfig, *, model_dir: str | 
            "features": dataclasses.asdict(model.features), "library": root}
     exts = frozenset(e.lower().lstrip(".") for e in cfg.extensions)
     settings = {"run": run, "format": cfg.format, "keep_deleted": keep_deleted,
-                "extensions": sorted(exts)}
+                "extensions": sorted(exts), "min_confidence": cfg.min_confidence}
     with run_lock(parts_dir):
         summary = index.unchanged(parts_dir, out, settings, root, exts) if resume else None
         if summary is not None:  # nothing new, changed or deleted: the output stands, no Ray is started
@@ -324,7 +324,7 @@ def label_library(library: str, out: str, cfg: LabelConfig, *, model_dir: str | 
                     f"label.actor_restarts allows {cfg.actor_restarts} restarts): out of memory, or a GPU fault? "
                     f"Ray's logs say why each died", parts_dir, writer.written)) from None
         tally = consolidate(parts_dir, out, cfg.format, schema, keep_deleted=keep_deleted, model=mid,
-                            overwrite=overwrite)
+                            overwrite=overwrite, min_confidence=cfg.min_confidence)
         for name in tally.skipped:  # appeared while the run went on; the next resume sets them aside
             warned.append(f"{storage.redact(parts_dir)}/{name}: not merged into the output")
             _warn(warned[-1])

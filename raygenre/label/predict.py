@@ -144,7 +144,8 @@ class Predictor:
         best = np.where(ok, np.nan_to_num(mean).argmax(axis=1), 0)
         cols: dict[str, Any] = {
             "path": batch["path"],
-            "genre": [self.genres[b] if k else None for b, k in zip(best, ok, strict=True)],
+            "genre": (top := [self.genres[b] if k else None for b, k in zip(best, ok, strict=True)]),
+            "top_genre": top,  # the same in the parts: consolidate turns genre into "unknown" below the threshold
             "confidence": pa.array(np.nan_to_num(mean).max(axis=1), mask=~ok),
             **{f"p_{g}": pa.array(mean[:, j], mask=~ok) for j, g in enumerate(self.genres)},
             "duration_s": pa.array(batch["duration_s"], from_pandas=True),
