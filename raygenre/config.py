@@ -315,6 +315,10 @@ class TrainConfig:
     # ray.train.torch.enable_reproducibility on every worker: deterministic kernels (cuDNN too), so a GPU run
     # repeats exactly; slower on GPUs, and an op with no deterministic kernel raises instead of running
     deterministic: bool
+    # with gpu: the smallest batch a GPU gets per step. A smaller share of batch_size (32 over 4 GPUs is 8) is
+    # raised to it (global batch = this x workers) and lr scaled by sqrt(new batch / batch_size): Adam's
+    # square-root rule (training.train.gpu_batch; bench/gpu.py --batch-rule measures it). CPU runs ignore it.
+    min_gpu_batch: int = rule(Range(1, 1_000_000))
     # batch_size >= workers is checked where workers is known to hold: raygenre train (prepare) and TuneConfig
     # (a tune file's nested train.workers is replaced by workers_per_trial, so it is no rule of this class).
 

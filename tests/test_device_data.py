@@ -7,9 +7,11 @@ gather, the per-epoch row order, the host-side count); only the copy to the devi
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from raygenre.training.train import _batches, _fresh_state, fit_loop, new_model, on_device
@@ -61,3 +63,16 @@ def test_a_resident_split_trains_exactly_like_the_maps() -> None:
     resident = _run({"train": tuple(map(torch.from_numpy, train)), "val": tuple(map(torch.from_numpy, val))})
     assert history == resident
     assert history[-1]["val_acc"] > 0.5  # it learned (4 genres: chance is 0.25), so the equality means something
+
+
+def test_the_gpu_batch_rule_raises_small_shares_and_scales_lr_by_the_square_root() -> None:
+    from raygenre.config import TrainConfig, load_config
+    from raygenre.training.train import gpu_batch
+
+    base = load_config(TrainConfig, overrides={"workers": 4, "batch_size": 32, "lr": 1e-3, "min_gpu_batch": 256})
+    assert gpu_batch(base) == base  # CPU runs keep their batch and lr
+    gpu = gpu_batch(dataclasses.replace(base, gpu=True))
+    assert (gpu.batch_size, gpu.lr) == (1024, pytest.approx(1e-3 * 32 ** 0.5))  # 256 per GPU; sqrt(1024 / 32)
+    big = dataclasses.replace(base, gpu=True, batch_size=2048)
+    assert gpu_batch(big) == big  # each GPU already gets 512
+    assert gpu_batch(dataclasses.replace(base, gpu=True, lr=0.5)).lr == 1.0  # kept inside lr's range

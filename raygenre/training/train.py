@@ -174,6 +174,22 @@ def resolve_workers(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, workers=max(1, gpus if cfg.gpu else len(_node_cpus())))
 
 
+def gpu_batch(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with each GPU's share of the batch at least ``min_gpu_batch`` (workers resolved; CPU: unchanged).
+
+    The tutorial's global batch of 32 keeps a GPU mostly idle (launch-bound: a cnn step on 32 segments of
+    130x13 is a few hundred microseconds of work) and splitting it over N GPUs only makes each share smaller.
+    So a GPU run takes ``min_gpu_batch x workers`` segments per step, fewer steps per epoch, and a learning
+    rate scaled by the square root of the batch ratio: the rule for Adam (Malladi et al., 2022: "On the SDEs
+    and scaling rules for adaptive gradient algorithms"; the linear rule is SGD's). The run records the
+    batch and lr it used. ``bench/gpu.py --batch-rule`` compares the rules' accuracy on the hard synthetic set.
+    """
+    if not cfg.gpu or cfg.workers is None or cfg.batch_size // cfg.workers >= cfg.min_gpu_batch:
+        return cfg
+    batch = cfg.min_gpu_batch * cfg.workers
+    return dataclasses.replace(cfg, batch_size=batch, lr=min(1.0, cfg.lr * math.sqrt(batch / cfg.batch_size)))
+
+
 def cpus_per_worker(workers: int) -> float:
     """CPUs to reserve per CPU training worker: the cluster's CPUs shared evenly, never more than the smallest
     node has (a worker cannot span nodes), rounded down to 0.01.
@@ -345,7 +361,7 @@ def _train(table: FeatureTable, cfg: TrainConfig, output: storage.Output, *, sto
            progress_callback: Callable[[dict[str, Any]], None] | None, name: str | None, t0: float) -> TrainResult:
     """``train`` once its output is claimed: the Ray Train run, then ``finish`` commits into ``output``."""
     ensure_ray()
-    cfg = resolve_workers(cfg)
+    cfg = gpu_batch(resolve_workers(cfg))
     prepared = prepare(table, cfg)
     storage_path, run_name = run_location(cfg.model, storage_path, name)
     run_dir = storage.join(storage_path, run_name)

@@ -42,7 +42,15 @@ from raygenre.config import TrainConfig, TuneConfig, to_dict
 from raygenre.data.table import open_table
 from raygenre.model.artifact import copy_model, set_default_model
 from raygenre.runtime import ensure_ray, wait_for_resources
-from raygenre.training.train import Prepared, build_trainer, effective_config, finish, prepare, read_checkpoint
+from raygenre.training.train import (
+    Prepared,
+    build_trainer,
+    effective_config,
+    finish,
+    gpu_batch,
+    prepare,
+    read_checkpoint,
+)
 
 HPARAMS = ("lr", "batch_size", "dropout", "weight_decay", "hidden")
 TUNE_DONE = "tune.json"  # written last by tune_models: the search is finished
@@ -177,7 +185,8 @@ def plan_concurrency(resources: dict[str, float], cfg: TuneConfig) -> tuple[int,
 
 
 def _trial_cfg(base: TrainConfig, config: dict[str, Any]) -> TrainConfig:
-    return effective_config(dataclasses.replace(base, **{k: config[k] for k in HPARAMS if k in config}))
+    """A trial's train config: ``base`` with the sampled hyperparameters, then the GPU batch rule."""
+    return gpu_batch(effective_config(dataclasses.replace(base, **{k: config[k] for k in HPARAMS if k in config})))
 
 
 def run_trial(config: dict[str, Any], prepared: Prepared, base: TrainConfig, train_storage: str,
