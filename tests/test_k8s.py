@@ -876,6 +876,8 @@ def test_working_dir_package_is_small_and_holds_the_code(path: Path, tmp_path: P
         sizes = sorted(((i.file_size, i.filename) for i in z.infolist()), reverse=True)
     assert {"raygenre/cli.py", "raygenre/config.py", "raygenre/configs/train.yaml", "constraints.txt",
             "pyproject.toml"} <= set(names)
+    recipes = {p.relative_to(REPO).as_posix() for p in (REPO / "configs").glob("*.yaml")}
+    assert recipes and recipes <= set(names), "the configs/ recipes' ray job submit commands need them uploaded"
     heavy = [n for n in names if n.split("/")[0] in {".venv", ".git", ".raygenre-home"} or n.startswith("bench/out")]
     assert not heavy, heavy[:5]
     size = pkg.stat().st_size
