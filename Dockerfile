@@ -2,7 +2,7 @@
 # The raygenre image: Ray's official image + ffmpeg + raygenre installed with the repo's exact pins.
 # One image for the head, the CPU workers and the GPU workers (k8s/) and for `ray job submit` clusters (jobs/).
 #
-#   docker build -t ghcr.io/YOUR-ORG/raygenre:0.1.0 .      # then set RAYGENRE_IMAGE in k8s/values.env
+#   docker build -t ghcr.io/YOUR-ORG/raygenre:0.1.0 .      # then set it in k8s/overlays/*/kustomization.yaml images:
 #   docker build --build-arg RAY_FLAVOR=py311 -t ...       # smaller CPU-only base (PyPI torch still runs on CPU)
 # Python must be 3.11 or 3.12 (py311/py312 flavors): some pins in constraints.txt (numpy 2.4, pandas 3) need 3.11+.
 #
