@@ -103,3 +103,22 @@ def test_a_change_after_a_no_op_is_labelled_exactly_once(labelled: tuple[Path, s
     assert (after.files, after.new) == (5, 1)
     last = label_library(str(lib), str(out), cfg(files_per_part=2), model_dir=model, progress=False)
     assert (last.files, last.new, last.errors) == (5, 0, 1)
+
+
+def test_a_new_threshold_rewrites_the_output_without_ray_or_relabelling(labelled: tuple[Path, str, Path]) -> None:
+    lib, model, out = labelled
+    parts = Path(parts_dir_of(str(out)))
+    before = {p.name: p.read_bytes() for p in parts.glob("part-*.parquet")}
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}  # nothing listens there: a Ray start would fail
+    cmd = [sys.executable, "-m", "raygenre.cli", "label", str(lib), "--model", model, "--out", str(out),
+           "--min-confidence", "1"]
+    run = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stdout + run.stderr  # the broken file's error row
+    rows = pq.read_table(out).to_pylist()
+    assert len(rows) == 5
+    assert all(r["genre"] == "unknown" for r in rows if r["error"] is None)  # a mean of softmaxes is never 1
+    assert all(r["top_genre"] is not None for r in rows if r["error"] is None)  # the guess is kept
+    assert {p.name: p.read_bytes() for p in parts.glob("part-*.parquet")} == before  # nothing relabelled
+    back = label_library(str(lib), str(out), cfg(files_per_part=2), model_dir=model, progress=False)
+    assert (back.files, back.new) == (5, 0)
+    assert [r["genre"] for r in pq.read_table(out).to_pylist()] == [r["top_genre"] for r in rows]

@@ -70,23 +70,41 @@ def walk_library(root: str, exts: frozenset[str]) -> pa.Table:
     return pa.table(cols, schema=_SCHEMA).sort_by("path")
 
 
-def unchanged(parts_dir: str, out: str, settings: dict[str, Any], root: str,
-              exts: frozenset[str]) -> dict[str, Any] | None:
-    """The recorded summary when nothing is left to do for this run (see the module doc), else None."""
+# Settings that only consolidation applies: when they alone differ, the output is rewritten from the parts
+# (``rewrite_only``), without Ray and without labelling a file again.
+OUTPUT_SETTINGS = ("format", "keep_deleted", "min_confidence")
+
+
+def compare(parts_dir: str, out: str, settings: dict[str, Any], root: str,
+            exts: frozenset[str]) -> tuple[str, dict[str, Any]] | None:
+    """("unchanged", recorded summary) when nothing is left to do for this run (see the module doc);
+    ("rewrite", summary) when the library, the parts and the run are the indexed ones and only
+    ``OUTPUT_SETTINGS`` (or the output file) differ, so consolidating again is all there is to do; else None."""
     try:
         fs, inner = storage.resolve(storage.join(parts_dir, INDEX_FILE))
         index = pq.read_table(inner, filesystem=fs)
         meta = json.loads((index.schema.metadata or {})[_META])
     except (OSError, KeyError, ValueError, pa.ArrowException):
         return None  # no index, or one cut short: the full run decides
-    if meta.get("settings") != json.loads(json.dumps(settings, default=str)):
+    wanted = json.loads(json.dumps(settings, default=str))
+    had = meta.get("settings") or {}
+    if {k: v for k, v in had.items() if k not in OUTPUT_SETTINGS} != \
+            {k: v for k, v in wanted.items() if k not in OUTPUT_SETTINGS}:
         return None
     recorded, _ = _read_run(storage.join(parts_dir, RUN_FILE))  # lost or damaged: the full run rebuilds it
-    if recorded is None or any(recorded.get(k) != v for k, v in json.loads(json.dumps(settings["run"])).items()):
+    if recorded is None or any(recorded.get(k) != v for k, v in wanted["run"].items()):
         return None
-    if meta.get("out") != _out_stamp(out) or meta.get("parts") != _parts_of(parts_dir):
+    if meta.get("parts") != _parts_of(parts_dir):
         return None
     found = walk_library(root, exts)
     if not found.equals(index.select(_SCHEMA.names).cast(_SCHEMA).replace_schema_metadata(None)):
         return None
-    return dict(meta["summary"])
+    same = had == wanted and meta.get("out") == _out_stamp(out)
+    return ("unchanged" if same else "rewrite"), dict(meta["summary"])
+
+
+def unchanged(parts_dir: str, out: str, settings: dict[str, Any], root: str,
+              exts: frozenset[str]) -> dict[str, Any] | None:
+    """The recorded summary when nothing is left to do for this run (see the module doc), else None."""
+    found = compare(parts_dir, out, settings, root, exts)
+    return found[1] if found is not None and found[0] == "unchanged" else None

@@ -286,7 +286,20 @@ def label_library(library: str, out: str, cfg: LabelConfig, *, model_dir: str | 
     settings = {"run": run, "format": cfg.format, "keep_deleted": keep_deleted,
                 "extensions": sorted(exts), "min_confidence": cfg.min_confidence}
     with run_lock(parts_dir):
-        summary = index.unchanged(parts_dir, out, settings, root, exts) if resume else None
+        found = index.compare(parts_dir, out, settings, root, exts) if resume else None
+        if found is not None and found[0] == "rewrite":  # only an output setting changed: no Ray, no labelling
+            schema = output_schema(genres)
+            tally = consolidate(parts_dir, out, cfg.format, schema, keep_deleted=keep_deleted, model=mid,
+                                overwrite=overwrite, min_confidence=cfg.min_confidence)
+            if not tally.skipped:
+                index.write_index(parts_dir, out, settings, pa.concat_tables(tally.keys) if tally.keys else
+                                  pa.table({"path": [], "size": [], "mtime": []}), tally.summary())
+                return LabelResult(out=str(out), format=cfg.format, files=tally.files, new=0, errors=tally.errors,
+                                   genres=tally.genres.most_common(), audio_hours=0.0,
+                                   seconds=time.monotonic() - t0, model=mid,
+                                   synthetic=bool(model.meta.get("synthetic")), error_examples=tally.error_examples)
+            found = None  # parts appeared meanwhile: the full run sets them aside
+        summary = found[1] if found is not None else None
         if summary is not None:  # nothing new, changed or deleted: the output stands, no Ray is started
             return LabelResult(out=str(out), format=cfg.format, new=0, audio_hours=0.0,
                                seconds=time.monotonic() - t0, model=mid, synthetic=bool(model.meta.get("synthetic")),
@@ -330,9 +343,7 @@ def label_library(library: str, out: str, cfg: LabelConfig, *, model_dir: str | 
             _warn(warned[-1])
         if not tally.skipped:  # skipped parts are set aside by the next run: it must not be a no-op
             index.write_index(parts_dir, out, settings, pa.concat_tables(tally.keys) if tally.keys else
-                              pa.table({"path": [], "size": [], "mtime": []}),
-                              {"files": tally.files, "errors": tally.errors, "genres": tally.genres.most_common(),
-                               "error_examples": tally.error_examples})
+                              pa.table({"path": [], "size": [], "mtime": []}), tally.summary())
     return LabelResult(out=str(out), format=cfg.format, files=tally.files, new=new, errors=tally.errors,
                        genres=tally.genres.most_common(), audio_hours=audio_s / 3600,
                        seconds=time.monotonic() - t0, model=mid, synthetic=bool(model.meta.get("synthetic")),
