@@ -131,11 +131,12 @@ def tune_search(features: str | None, cfg: TuneConfig, out: str | None = None, *
 
 
 def agreement(labels_path: str, library: os.PathLike[str] | str, truth: dict[str, str]) -> tuple[float, int] | None:
-    """Share of files whose label equals the generator's genre (``truth``: path relative to ``library`` -> genre),
-    over the files labelled without error: (accuracy, files), or None when none could be scored."""
+    """Share of files whose best guess (``top_genre``: before ``min_confidence`` turns it into "unknown") equals
+    the generator's genre (``truth``: path relative to ``library`` -> genre), over the files labelled without
+    error: (accuracy, files), or None when none could be scored."""
     rows = pq.read_table(labels_path).to_pylist()
     rel = {r["path"]: os.path.relpath(r["path"], library) if os.path.isabs(r["path"]) else r["path"] for r in rows}
-    scored = [(truth[rel[r["path"]]], r["genre"]) for r in rows if r["error"] is None and rel[r["path"]] in truth]
+    scored = [(truth[rel[r["path"]]], r["top_genre"]) for r in rows if r["error"] is None and rel[r["path"]] in truth]
     if not scored:
         return None
     return sum(a == b for a, b in scored) / len(scored), len(scored)

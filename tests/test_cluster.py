@@ -296,7 +296,7 @@ def test_job_submit_trains_then_labels_and_logs_show_progress(head: Head, table:
     with open(labels, newline="") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["path"] for r in rows) == sorted(library)  # one row per file
-    assert all(r["genre"] in GENRES and not r["error"] for r in rows), rows
+    assert all(r["top_genre"] in GENRES and not r["error"] for r in rows), rows
     assert all(abs(sum(float(r[f"p_{g}"]) for g in GENRES) - 1) < 1e-3 for r in rows)
     assert "Labelled 6 files" in _logs(head, job_id)
 

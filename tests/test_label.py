@@ -93,8 +93,10 @@ def rows_by_name(table: pa.Table) -> dict[str, dict]:
 def check_probabilities(row: dict, genres: list[str] = GENRES) -> None:
     p = np.array([row[f"p_{g}"] for g in genres])
     assert p.sum() == pytest.approx(1.0, abs=1e-4)
-    assert row["genre"] == genres[int(p.argmax())]
+    assert row["top_genre"] == genres[int(p.argmax())]
     assert row["confidence"] == pytest.approx(p.max(), abs=1e-6)
+    unsure = row["confidence"] < load_config("label").min_confidence  # the default threshold applies
+    assert row["genre"] == ("unknown" if unsure else row["top_genre"])
 
 
 # ------------------------------------------------------------------------------------------------ scan

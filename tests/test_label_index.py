@@ -119,6 +119,7 @@ def test_a_new_threshold_rewrites_the_output_without_ray_or_relabelling(labelled
     assert all(r["genre"] == "unknown" for r in rows if r["error"] is None)  # a mean of softmaxes is never 1
     assert all(r["top_genre"] is not None for r in rows if r["error"] is None)  # the guess is kept
     assert {p.name: p.read_bytes() for p in parts.glob("part-*.parquet")} == before  # nothing relabelled
-    back = label_library(str(lib), str(out), cfg(files_per_part=2), model_dir=model, progress=False)
+    back = label_library(str(lib), str(out), cfg(files_per_part=2, min_confidence=0.0), model_dir=model,
+                         progress=False)
     assert (back.files, back.new) == (5, 0)
     assert [r["genre"] for r in pq.read_table(out).to_pylist()] == [r["top_genre"] for r in rows]

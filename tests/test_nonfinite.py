@@ -133,4 +133,4 @@ def test_label_gives_the_file_an_error_row(tmp_path: Path, ray_local: None) -> N
     assert huge["error"] == REASON and huge["genre"] is None and huge["confidence"] is None
     assert huge["segments_used"] == 0 and huge["duration_s"] == pytest.approx(7.0)
     assert all(huge[f"p_{g}"] is None for g in genres)
-    assert rows["good.wav"]["error"] is None and rows["good.wav"]["genre"] in genres
+    assert rows["good.wav"]["error"] is None and rows["good.wav"]["top_genre"] in genres

@@ -202,7 +202,7 @@ def test_s3_featurize_train_evaluate_label(s3: str, tmp_path: Path, ray_local: N
     lab = label_library(str(lib), labels, load_config(LabelConfig), model_dir=model_uri, progress=False)
     assert lab.files == 2
     rows = pq.read_table(storage.resolve(labels)[1], filesystem=fs)
-    assert rows.num_rows == 2 and set(rows.column("genre").to_pylist()) <= {"blues", "jazz"}
+    assert rows.num_rows == 2 and set(rows.column("top_genre").to_pylist()) <= {"blues", "jazz"}
     assert not [k for k in _keys(f"{s3}/labels.parquet.parts") if k == LEASE]
     print(f"featurize {t_feat:.1f} s, train {t_train:.1f} s, all {time.time() - t0:.1f} s")
 

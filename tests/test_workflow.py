@@ -15,10 +15,11 @@ from raygenre.workflow import agreement
 def test_agreement_scores_labelled_files_against_the_generator(tmp_path: Path) -> None:
     lib = tmp_path / "lib"
     rows = {"path": [str(lib / "a" / "1.wav"), str(lib / "b.flac"), str(lib / "bad.mp3"), "c.ogg"],
-            "genre": ["jazz", "rock", None, "pop"], "error": [None, None, "corrupt", None]}
+            "genre": ["jazz", "unknown", None, "unknown"], "top_genre": ["jazz", "rock", None, "pop"],
+            "error": [None, None, "corrupt", None]}
     pq.write_table(pa.table(rows), tmp_path / "labels.parquet")
     truth = {"a/1.wav": "jazz", "b.flac": "blues", "bad.mp3": "pop", "c.ogg": "pop"}
-    assert agreement(str(tmp_path / "labels.parquet"), lib, truth) == (2 / 3, 3)  # error rows are not scored
+    assert agreement(str(tmp_path / "labels.parquet"), lib, truth) == (2 / 3, 3)  # the best guesses; errors unscored
     assert agreement(str(tmp_path / "labels.parquet"), lib, {}) is None
 
 
