@@ -123,3 +123,29 @@ def test_a_new_threshold_rewrites_the_output_without_ray_or_relabelling(labelled
                          progress=False)
     assert (back.files, back.new) == (5, 0)
     assert [r["genre"] for r in pq.read_table(out).to_pylist()] == [r["top_genre"] for r in rows]
+
+
+def test_a_resume_across_a_compaction_labels_only_what_changed(tmp_path: Path, ray_local: None,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from raygenre.label import parts as parts_mod
+    from raygenre.label.parts import list_parts
+
+    monkeypatch.setattr(parts_mod, "COMPACT_PARTS", 4)  # consolidation runs here, in the driver: 64 would be slow
+    lib = tmp_path / "lib"
+    names = [f"d{i % 3}/t{i:02d}.wav" for i in range(6)]
+    for i, name in enumerate(names):
+        write_tone_track(lib / name, 3.1, seed=i)
+    model = random_model(tmp_path / "model")
+    out = tmp_path / "labels.parquet"
+    first = label_library(str(lib), str(out), cfg(files_per_part=1), model_dir=model, progress=False)
+    assert (first.files, first.new) == (len(names), len(names))
+    parts = parts_dir_of(str(out))
+    assert len(list_parts(parts)) == 1  # one part per file, merged into one at the end
+    rows = {r["path"]: r for r in pq.read_table(out).to_pylist()}
+    write_tone_track(lib / "d1" / "new.wav", 3.1, seed=99)
+    (lib / names[0]).unlink()
+    again = label_library(str(lib), str(out), cfg(files_per_part=1), model_dir=model, progress=False)
+    assert (again.files, again.new) == (len(names), 1)  # only the new file: the merged part counts as done
+    after = {r["path"]: r for r in pq.read_table(out).to_pylist()}
+    assert set(after) == (set(rows) - {str(lib / names[0])}) | {str(lib / "d1" / "new.wav")}
+    assert all(after[p] == rows[p] for p in after if p in rows)  # the other rows, unchanged
