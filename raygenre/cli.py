@@ -387,7 +387,7 @@ def tag(
                                                 "probability is at least P (0..1), with its best guess. Default: "
                                                 "the table's genre decides (unknown is never written)."),
     journal: str | None = typer.Option(None, "--journal", help="Undo journal to create (must not exist). "
-                                       "Default: LABELS.tag-journal-<UTC time>.jsonl beside LABELS."),
+                                       "Default: LABELS.tag-journal-TIME.jsonl beside LABELS (TIME: now, UTC)."),
     undo_journal: str | None = typer.Option(None, "--undo", help="Undo the tag run that wrote this journal."),
 ) -> None:
     """Write each file's label from LABELS into its genre tag (ID3 TCON, Vorbis GENRE, MP4 \u00a9gen), with the

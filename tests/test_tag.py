@@ -11,7 +11,10 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -294,13 +297,14 @@ def test_a_crash_before_or_after_the_rename_is_recovered_from_the_journal(tmp_pa
     journal = tmp_path / "j.jsonl"
     tag_labels(str(labels), journal=str(journal))
     lines = [json.loads(x) for x in journal.read_text().splitlines()]
-    assert [r.get("state") for r in lines[1:]] == ["pending", "done", "pending", "done"]
+    assert [r.get("state") for r in lines[1:]] == ["copying", "pending", "done"] * 2
     # a: killed after its rename, before "done"; b: killed before its rename (temporary tagged, file untouched)
-    pend_b = lines[3]
+    pend_b = lines[5]
     (lib / pend_b["tmp"]).write_bytes(b.read_bytes())
     b.write_bytes(b_blob)
     os.utime(b, ns=(b_st.st_atime_ns, b_st.st_mtime_ns))
-    journal.write_text("\n".join(json.dumps(r) for r in [lines[0], lines[1], lines[3]]) + "\n{\"seq\": 1, \"sta")
+    kept = [lines[0], lines[1], lines[2], lines[4], lines[5]]
+    journal.write_text("\n".join(json.dumps(r) for r in kept) + "\n{\"seq\": 1, \"sta")
     a_before = state_of(a)
     assert a_before.genre == ("rock",)
     result = undo(str(journal))
@@ -309,6 +313,50 @@ def test_a_crash_before_or_after_the_rename_is_recovered_from_the_journal(tmp_pa
                                                                   "file)")}
     assert state_of(a).genre is None and b.read_bytes() == b_blob
     assert not (lib / pend_b["tmp"]).exists()
+
+
+def test_a_killed_tag_run_leaves_every_file_untouched_or_fully_tagged_and_undo_restores_them(tmp_path: Path) -> None:
+    """SIGKILL a real `raygenre tag` mid-run: every file is byte-for-byte what it was, or tagged and at the
+    journal's "after" stamp (samples identical); undo then gives every file its exact old bytes' tags back."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    files = []
+    for i in range(150):
+        path = lib / f"t{i:03d}.wav"
+        _tone(path, seconds=3.0, freq=220.0 + i)
+        files.append(path)
+    blobs = {p: p.read_bytes() for p in files}
+    samples = decode(files[0])
+    labels = write_table(tmp_path / "labels.parquet", [{"path": p, "genre": "rock"} for p in files])
+    journal = tmp_path / "j.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "raygenre", "tag", str(labels), "--journal", str(journal)],
+                            cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.exists() and journal.read_bytes().count(b"\n") >= 31:  # ten files in (3 records each)
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    records = [json.loads(x) for x in journal.read_text().splitlines() if x.endswith("}")]
+    after = {r["path"]: r["after"] for r in records[1:] if r.get("state") == "pending"}
+    tagged_now = untouched = 0
+    for p in files:
+        st = os.stat(p)
+        if p.read_bytes() == blobs[p]:
+            untouched += 1
+            continue
+        tagged_now += 1  # changed: then exactly tagging's result, and journaled
+        assert state_of(p) == TagState(("rock",), ("0.9000",), True)
+        assert (st.st_size, st.st_mtime_ns) == (after[str(p)]["size"], after[str(p)]["mtime_ns"])
+    assert tagged_now >= 10 and untouched >= 1, (tagged_now, untouched)
+    np.testing.assert_array_equal(decode(files[0]), samples)
+    assert not [n for n in os.listdir(lib) if apply.TMP_MARK in n and (lib / n).stat().st_size == 0]
+    result = undo(str(journal))
+    assert result.count("refused") == 0 and result.count("undone") == tagged_now
+    assert all(state_of(p) == TagState(None, None, False) for p in files)
+    assert not [n for n in os.listdir(lib) if apply.TMP_MARK in n]
 
 
 def test_usage_errors_are_one_line_exit_2(tmp_path: Path) -> None:

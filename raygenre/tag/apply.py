@@ -3,8 +3,9 @@
 Per file (``tag_labels``): checks (a regular file, not a link, one hard link, writable, unchanged since it was
 labelled, a format mutagen tags, no genre tag yet unless ``replace``), then the rewrite, which is atomic:
 
-1. copy the file to a temporary name in its folder (``O_EXCL | O_NOFOLLOW``; mode, owner and xattrs copied),
-   write the tags into the copy with mutagen, fsync it, and stat it: the size and mtime it will have;
+1. journal the temporary's name (*copying*), then copy the file there, beside it (``O_EXCL | O_NOFOLLOW``; mode,
+   owner and xattrs copied), write the tags into the copy with mutagen, fsync it, and stat it: the size and
+   mtime it will have;
 2. append a *pending* journal record (path, old tags, new tags, size/mtime before and after, the temporary's
    name) and fsync the journal; record the same before/after in ``LABELS.parts/tagged.jsonl`` (label's resume);
 3. rename the copy over the file (the commit point: rename keeps the copy's size and mtime), fsync the folder;
@@ -202,10 +203,16 @@ def _remove_tmp(tmp: str) -> None:
             os.unlink(tmp)
 
 
-def prepare_copy(path: str, st: os.stat_result, cls: type[Any], state: TagState) -> tuple[str, os.stat_result]:
-    """A tagged copy of ``path`` beside it: (its name, its stat after fsync). ``cls``: the mutagen class."""
+def tmp_name(path: str) -> str:
+    """A fresh temporary name beside ``path``: ``.<name>.raygenre-tag-<hex>``."""
     folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+    return os.path.join(folder, f".{name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+
+
+def prepare_copy(path: str, st: os.stat_result, cls: type[Any], state: TagState,
+                 tmp: str) -> tuple[str, os.stat_result]:
+    """A tagged copy of ``path`` at ``tmp`` (``tmp_name``): (its name, its stat after fsync). ``cls``: the mutagen
+    class."""
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
@@ -330,11 +337,16 @@ def _labelled_as(row: Row, st: os.stat_result, moves: tagged.Moves) -> bool:
 def _rewrite(path: str, st: os.stat_result, cls: type[Any], state: TagState, journal: Journal,
              record: dict[str, Any], parts_dir: str | None, stored: str) -> os.stat_result:
     """The atomic rewrite (steps 1-4 of the module doc). Returns the file's stat after."""
-    tmp, after = prepare_copy(path, st, cls, state)
+    tmp = tmp_name(path)
+    # named in the journal before it exists: a kill while copying leaves a temporary that undo can find
+    journal.append({"seq": record["seq"], "state": "copying", "path": record["path"], "tmp": os.path.basename(tmp)})
+    tmp, after = prepare_copy(path, st, cls, state, tmp)
+    pending = False
     try:
         before, after_stamp = stamp_of(st), stamp_of(after)
         journal.append({**record, "state": "pending", "before": before, "after": after_stamp,
                         "tmp": os.path.basename(tmp)})
+        pending = True
         if parts_dir is not None:
             tagged.record(parts_dir, stored, (before["size"], before["mtime"]),
                           (after_stamp["size"], after_stamp["mtime"]))
@@ -344,6 +356,9 @@ def _rewrite(path: str, st: os.stat_result, cls: type[Any], state: TagState, jou
         os.rename(tmp, path)  # the commit point
     except BaseException:
         _remove_tmp(tmp)
+        if pending:  # not renamed: the journal says so at once (a kill here is what undo's stamp check is for)
+            with contextlib.suppress(OSError):
+                journal.append({"seq": record["seq"], "state": "abandoned"})
         raise
     _fsync_dir(os.path.dirname(path))
     journal.append({"seq": record["seq"], "state": "done"})
@@ -446,7 +461,8 @@ def _tag_records(records: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any]
             pending[seq] = rec
         if rec.get("state") == "undo-pending":
             undo_after[seq] = rec
-        last[seq] = str(rec.get("state"))
+        if rec.get("state") not in ("copying", "undo-copying"):  # named a temporary; says nothing of the file
+            last[seq] = str(rec.get("state"))
     for seq in sorted(pending, reverse=True):
         yield {**pending[seq], "undo": undo_after.get(seq)}, last[seq]
 
@@ -464,6 +480,11 @@ def undo(journal_path: str) -> TagReport:
     report = TagReport()
     labels = str(records[0].get("labels") or "")  # the header: which label table the run tagged from
     parts_dir = _tag_parts_dir(labels) if labels else None
+    paths = {r["seq"]: str(r["path"]) for r in records[1:] if isinstance(r.get("seq"), int) and "path" in r}
+    for r in records[1:]:  # temporaries a kill left (tag's or an earlier undo's): ours, named before creation
+        tmp = str(r.get("tmp", ""))
+        if TMP_MARK in tmp and "/" not in tmp and r.get("seq") in paths:
+            _remove_tmp(os.path.join(os.path.dirname(original_path(paths[r["seq"]])), tmp))
     try:
         for rec, state in _tag_records(records[1:]):
             report.outcomes.append(_undo_one(rec, state, journal, parts_dir))
@@ -478,9 +499,6 @@ def _undo_one(rec: dict[str, Any], state: str, journal: Journal, parts_dir: str 
     path = original_path(stored)
     old = TagState.from_json(rec["old"])
     after: dict[str, Any] = rec["after"]
-    tmp = os.path.join(os.path.dirname(path), str(rec.get("tmp", "")))
-    if TMP_MARK in tmp:
-        _remove_tmp(tmp)  # a crash between copy and rename left it (ours: O_EXCL-created, named so)
     if state == "undone":
         return FileOutcome(stored, "skipped", reason="already undone")
     if state == "undo-pending":  # a crash during an earlier undo: its stamp says whether that rename happened
@@ -504,7 +522,9 @@ def _undo_one(rec: dict[str, Any], state: str, journal: Journal, parts_dir: str 
         st = check_file(path)
         cls = open_audio(path).__class__
         record = {"seq": rec["seq"], "op": "undo"}
-        tmp_new, after2 = prepare_copy(path, st, cls, old)
+        tmp_new = tmp_name(path)
+        journal.append({**record, "state": "undo-copying", "tmp": os.path.basename(tmp_new)})
+        tmp_new, after2 = prepare_copy(path, st, cls, old, tmp_new)
         try:
             journal.append({**record, "state": "undo-pending", "after": stamp_of(after2)})
             if parts_dir is not None:
