@@ -38,7 +38,7 @@ GENRES = ["blues", "jazz", "rock"]
 ENCODE = {"mp3": ["-c:a", "libmp3lame", "-b:a", "64k"], "flac": ["-c:a", "flac"],
           "ogg": ["-c:a", "libvorbis"], "opus": ["-c:a", "libopus", "-ar", "48000"],
           "m4a": ["-c:a", "aac", "-b:a", "64k"]}
-FORMATS = ["wav", *ENCODE]
+FORMATS = ["wav", "aiff", *ENCODE]
 
 
 def _tone(path: Path, seconds: float = 1.0, sr: int = 22050, freq: float = 440.0) -> None:
@@ -51,9 +51,9 @@ def make_file(folder: Path, name: str, genre: str | None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     ext = path.suffix.lstrip(".")
-    if ext == "wav":
+    if ext in ("wav", "aiff"):
         _tone(path)
-        if genre is not None:  # an ID3 chunk, as taggers write into WAV
+        if genre is not None:  # an ID3 chunk, as taggers write into WAV and AIFF
             write_state(open_audio(str(path)), TagState((genre,), None, True))
         return path
     if FFMPEG is None:
@@ -236,7 +236,9 @@ def test_links_read_only_immutable_missing_garbage_and_hard_links_are_refused(tm
     immutable = make_file(lib, "immutable.opus", None)
     chattr = subprocess.run(["chattr", "+i", str(immutable)], capture_output=True)
     missing = lib / "gone.wav"
-    paths = [good, link, readonly, in_locked, garbage, hard, immutable, missing]
+    (lib / "linked-dir").symlink_to(tmp_path / "elsewhere")  # a folder link: the file under it is elsewhere
+    via_link = lib / "linked-dir" / "target.mp3"
+    paths = [good, link, readonly, in_locked, garbage, hard, immutable, missing, via_link]
     labels = write_table(tmp_path / "labels.parquet", [{"path": p, "genre": "rock"} for p in paths])
     before = tree_of(tmp_path / "elsewhere") | {k: v for k, v in tree_of(lib).items() if k != "good.mp3"}
     try:
@@ -253,6 +255,8 @@ def test_links_read_only_immutable_missing_garbage_and_hard_links_are_refused(tm
     assert by["garbage.mp3"][0] == "error" and by["garbage.mp3"][1].startswith("mutagen")
     assert by["hard.ogg"][0] == "error" and "2 hard links" in by["hard.ogg"][1]
     assert by["gone.wav"] == ("error", "file not found (moved or deleted since it was labelled)")
+    via = next(o for o in result.outcomes if o.path == str(via_link))
+    assert via.action == "error" and via.reason.startswith("its path goes through a symbolic link")
     if chattr.returncode == 0:  # root ignores mode bits, not the immutable flag: the rename is refused
         assert by["immutable.opus"] == ("error", "file is not writable (permission denied, or immutable: chattr +i)")
     after = tree_of(tmp_path / "elsewhere") | {k: v for k, v in tree_of(lib).items() if k != "good.mp3"}

@@ -174,10 +174,13 @@ def check_file(path: str) -> os.stat_result:
                        f"not create: label the target's own path to tag it")
     if not stat.S_ISREG(st.st_mode):
         raise TagError("not a regular file")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.realpath(folder) != folder:  # the rename would land in the folder a link points to
+        raise TagError(f"its path goes through a symbolic link (the folder is really {os.path.realpath(folder)}); "
+                       f"raygenre never writes through a link it did not create: label the real path to tag it")
     if st.st_nlink > 1:
         raise TagError(f"has {st.st_nlink} hard links; rewriting it would split them (the other names would keep "
                        f"the old tags)")
-    folder = os.path.dirname(path) or "."
     if not (st.st_mode & 0o222):
         raise TagError("file is read-only")
     if not os.access(path, os.W_OK):
