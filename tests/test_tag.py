@@ -469,13 +469,14 @@ def test_playlists_per_genre_relative_paths_durations_and_titles(tmp_path: Path)
     c = make_file(lib, "c.wav", None)
     labels = write_table(tmp_path / "labels.parquet", [
         {"path": a, "genre": "rock", "duration_s": 61.6}, {"path": b, "genre": "unknown", "duration_s": None},
-        {"path": c, "genre": None, "error": "bad"}])
+        {"path": c, "genre": None, "error": "bad"}, {"path": lib / "gone.wav", "genre": "rock"}])
     out = tmp_path / "lists"
     result = write_playlists(str(labels), str(out))
     assert sorted(result.written) == [("rock.m3u8", 1), ("unknown.m3u8", 1)]
     assert (out / "rock.m3u8").read_text() == "#EXTM3U\n#EXTINF:62,Someone - Evil title\n../music/a.flac\n"
     assert (out / "unknown.m3u8").read_text() == "#EXTM3U\n#EXTINF:1,b\n../music/sub/b.mp3\n"  # mutagen's length
-    assert "1 error row(s)" in result.warnings[0]
+    assert result.warnings == ["1 file(s) no longer on disk are in no playlist",
+                               "1 error row(s) (files that could not be labelled) are in no playlist"]
     assert playlist_name("../etc/x") == "_.._etc_x.m3u8" and playlist_name(".hidden") == "_.hidden.m3u8"
 
 

@@ -3,7 +3,8 @@
 ``DIR/<genre>.m3u8`` (UTF-8, ``#EXTM3U``; per track ``#EXTINF:<seconds>,<title>`` then its path, relative to
 DIR unless the two share nothing but ``/``). Seconds: the table's ``duration_s``, else mutagen's, else -1;
 title: the file's "artist - title" tags, else its file name. ``unknown`` gets a playlist like any genre; error
-rows get none. Each playlist is written under a temporary name in DIR and renamed (``storage.write_bytes_atomic``).
+rows and files no longer on disk are in none. Each playlist is written under a temporary name in DIR and
+renamed (``storage.write_bytes_atomic``).
 
 raygenre replaces only playlists it wrote: ``DIR/.raygenre-playlists.json`` records the SHA-256 of every
 playlist it wrote; a file at a playlist's name that is not recorded (or was edited since) is refused before
@@ -121,19 +122,24 @@ def build_playlists(labels: str, out_dir: str) -> tuple[dict[str, bytes], dict[s
         raise ValueError(f"{labels} is not a label table: it has no path and genre columns (raygenre label --out)")
     tracks: dict[str, list[str]] = defaultdict(list)
     warnings: list[str] = []
-    skipped_errors = 0
+    skipped_errors = missing = 0
     for row in table.to_pylist():
         stored, genre = str(row["path"]), row.get("genre")
         if row.get("error") or genre is None or stored.startswith(NON_UTF8):
             skipped_errors += 1
             continue
         path = original_path(stored)
+        if not os.path.exists(path):  # moved or deleted since labelling: an entry no player can open
+            missing += 1
+            continue
         if "\n" in path or "\r" in path:
             warnings.append(f"{path!r}: its name holds a line break, which an M3U line cannot: left out")
             continue
         duration = row.get("duration_s")
         seconds, title = _track_info(path, None if duration is None else float(duration))
         tracks[str(genre)].extend([f"#EXTINF:{seconds},{title}", _entry_path(path, out_dir)])
+    if missing:
+        warnings.append(f"{missing} file(s) no longer on disk are in no playlist")
     if skipped_errors:
         warnings.append(f"{skipped_errors} error row(s) (files that could not be labelled) are in no playlist")
     contents, counts = {}, {}
