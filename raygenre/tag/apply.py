@@ -447,6 +447,9 @@ def _tag_one(row: Row, seq: int, dry_run: bool, replace: bool, min_confidence: f
         return FileOutcome(row.path, "error", new=genre, reason=str(exc))
     except OSError as exc:  # the rename or copy refused (immutable file, disk full, ...)
         return FileOutcome(row.path, "error", new=genre, reason=f"could not rewrite it: {exc.strerror or exc}")
+    except Exception as exc:  # noqa: BLE001 - mutagen on a crafted file: that file fails, never the run
+        return FileOutcome(row.path, "error", new=genre, reason=f"mutagen failed on it ({type(exc).__name__}: "
+                                                               f"{str(exc).splitlines()[0] if str(exc) else ''})")
 
 
 # ------------------------------------------------------------------------------------------------------ undo
@@ -546,3 +549,5 @@ def _undo_one(rec: dict[str, Any], state: str, journal: Journal, parts_dir: str 
         return FileOutcome(stored, "refused", reason=str(exc))
     except OSError as exc:
         return FileOutcome(stored, "refused", reason=f"could not rewrite it: {exc.strerror or exc}")
+    except Exception as exc:  # noqa: BLE001 - as in _tag_one: one file fails, never the undo
+        return FileOutcome(stored, "refused", reason=f"mutagen failed on it ({type(exc).__name__})")
