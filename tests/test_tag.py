@@ -400,6 +400,30 @@ def test_tagged_records_move_label_stamps_along_the_chain(tmp_path: Path) -> Non
     assert tagged.advance("/m/b.mp3", (1, 1.0), moves) == (1, 1.0)
 
 
+def test_the_scan_skips_a_tagged_file_and_labels_one_whose_audio_changed_since(tmp_path: Path) -> None:
+    """The resume's done check without Ray: rows in a real part, files tagged by `tag_labels`, `scan_shard`."""
+    from raygenre.label.parts import PartWriter
+    from raygenre.label.scan import scan_shard
+
+    lib = tmp_path / "lib"
+    a, b = make_file(lib, "a.flac", None), make_file(lib, "b.flac", None)
+    labels = write_table(tmp_path / "labels.parquet", [{"path": a, "genre": "rock"}, {"path": b, "genre": "jazz"}])
+    parts_dir = parts_dir_of(str(labels))
+    writer = PartWriter(parts_dir, output_schema(GENRES), 10, 0)
+    writer.add(pq.read_table(labels))
+    writer.flush()
+
+    def pending() -> list[str]:
+        return [Path(p).name for t in scan_shard(str(lib), 0, 1, frozenset({"flac"}), parts_dir, model="test-model")
+                for p in t.column("path").to_pylist()]
+
+    assert pending() == []
+    assert tag_labels(str(labels)).count("tagged") == 2
+    assert pending() == []  # tagged: size and mtime changed, recognised through tagged.jsonl
+    write_state(open_audio(str(b)), TagState(("Other",), None, True))  # someone else's tagger: not raygenre's
+    assert pending() == ["b.flac"]
+
+
 def _random_model(out: Path) -> str:
     """A real, untrained, seeded CNN artifact (labels arbitrary but deterministic)."""
     import torch
