@@ -237,7 +237,7 @@ def load_done(parts_dir: str, root: str, shard: int, shards: int,
             if mid == model and _shard_of_path(p, prefix, shards, depth) == shard:
                 done[p] = (s, m)
     # `raygenre tag` rewrote some files' tags (new size and mtime, same audio): their rows still count as done.
-    moves = tagged.load(parts_dir)
+    moves = tagged.load(parts_dir, keep=done)
     return {p: tagged.advance(p, st, moves) for p, st in done.items()} if moves else done
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection
 from typing import Any
 
 from raygenre import storage
@@ -36,8 +37,9 @@ def record(parts_dir: str, path: str, before: Stamp, after: Stamp) -> None:
         os.close(fd)
 
 
-def load(parts_dir: str | None) -> Moves:
-    """Every recorded rewrite in ``parts_dir`` (empty when there is none, on an object store, or a link)."""
+def load(parts_dir: str | None, keep: Collection[str] | None = None) -> Moves:
+    """Every recorded rewrite in ``parts_dir`` (empty when there is none, on an object store, or a link);
+    with ``keep``, only those of these stored paths (a scan shard holds its own share, not the library's)."""
     local = storage.local_path(parts_dir) if parts_dir else None
     if local is None:
         return {}
@@ -50,6 +52,8 @@ def load(parts_dir: str | None) -> Moves:
         for raw in f:
             try:
                 rec: dict[str, Any] = json.loads(raw)
+                if keep is not None and rec["path"] not in keep:
+                    continue
                 before = (int(rec["before"][0]), float(rec["before"][1]))
                 moves[(str(rec["path"]), before)] = (int(rec["after"][0]), float(rec["after"][1]))
             except (ValueError, KeyError, TypeError, IndexError):
