@@ -222,7 +222,8 @@ def survey_parts(parts_dir: str) -> PartsSurvey:
     named like one was not written by raygenre: reading it would merge someone else's rows, moving or deleting
     it would touch their file, so it is ignored); anything else unknown is ignored too."""
     survey = PartsSurvey()
-    known = {RUN_FILE, LOCK_FILE, BROKEN_DIR, OTHER_DIR, storage.LEASE, TAGGED_FILE}  # tagged: label/tagged.py
+    # tagged.jsonl: label/tagged.py; done-index.parquet: label/index.py (which imports this module, hence the name)
+    known = {RUN_FILE, LOCK_FILE, BROKEN_DIR, OTHER_DIR, storage.LEASE, TAGGED_FILE, "done-index.parquet"}
     local = storage.local_path(parts_dir)
     if local is not None:
         st = _lstat(str(local))
