@@ -84,7 +84,8 @@ def state_of(path: Path) -> TagState:
 def write_table(out: Path, rows: list[dict], *, legacy: bool = False, top_genre: bool = False) -> Path:
     """A label table as `raygenre label` writes it (its schema), one row per dict: path, genre, confidence,
     probabilities (the winner gets ``confidence``), error; size/mtime from the file now. ``legacy``: no
-    ``confidence`` column (older tables); ``top_genre``: with the column `label --min-confidence` adds."""
+    ``confidence`` (nor ``top_genre``) column, as older tables; ``top_genre``: with the column `label
+    --min-confidence` adds (already there when this schema has it)."""
     schema = output_schema(GENRES)
     cols: dict[str, list] = {n: [] for n in schema.names}
     for r in rows:
@@ -94,6 +95,8 @@ def write_table(out: Path, rows: list[dict], *, legacy: bool = False, top_genre:
         best = r.get("top_genre", genre)
         cols["path"].append(str(p))
         cols["genre"].append(genre)
+        if "top_genre" in cols:  # label tables with --min-confidence's column (newer schema)
+            cols["top_genre"].append(None if r.get("error") else best)
         cols["confidence"].append(None if r.get("error") else conf)
         for g in GENRES:
             share = conf if g == best else (1 - conf) / (len(GENRES) - 1)
@@ -105,9 +108,9 @@ def write_table(out: Path, rows: list[dict], *, legacy: bool = False, top_genre:
         cols["size"].append(0 if st is None else st.st_size)
         cols["mtime"].append(0.0 if st is None else st.st_mtime)
     table = pa.table(cols, schema=schema)
-    if legacy:
-        table = table.drop(["confidence"])
-    if top_genre:
+    if legacy:  # as written before confidence and top_genre
+        table = table.drop([n for n in ("confidence", "top_genre") if n in table.schema.names])
+    if top_genre and "top_genre" not in table.schema.names:
         table = table.append_column("top_genre", pa.array([r.get("top_genre", r.get("genre")) for r in rows],
                                                           pa.string()))
     pq.write_table(table, out)
