@@ -269,6 +269,17 @@ def test_links_read_only_immutable_missing_garbage_and_hard_links_are_refused(tm
     assert not [n for n in os.listdir(lib) if apply.TMP_MARK in n]  # no temporary left behind
 
 
+def test_per_file_problems_are_lines_in_the_report_and_exit_0(tmp_path: Path) -> None:
+    good = make_file(tmp_path / "lib", "good.ogg", None)
+    labels = write_table(tmp_path / "labels.parquet", [{"path": tmp_path / "lib" / "gone.mp3", "genre": "rock"},
+                                                       {"path": good, "genre": "jazz"}])
+    result = CliRunner().invoke(app, ["tag", str(labels), "--journal", str(tmp_path / "j.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert f"error: {tmp_path}/lib/gone.mp3: file not found (moved or deleted since it was labelled)" in result.output
+    assert f"tagged: {good}: (none) -> jazz" in result.output and "Traceback" not in result.output
+    assert state_of(good).genre == ("jazz",)
+
+
 def test_a_file_changed_since_labelling_is_not_tagged(tmp_path: Path) -> None:
     path = make_file(tmp_path / "lib", "a.flac", None)
     labels = write_table(tmp_path / "labels.parquet", [{"path": path, "genre": "rock"}])
@@ -373,8 +384,14 @@ def test_usage_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     taken.write_text("mine\n")
     not_labels = tmp_path / "notes.csv"
     not_labels.write_text("a,b\n1,2\n")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    (tmp_path / "link.jsonl").symlink_to(victim)
+    Path(f"{labels}.tag-plan.csv").symlink_to(victim)  # a dry run's list never goes through a link either
     runner = CliRunner()
     for args, words in ([["tag", str(tmp_path / "nope.parquet")], "label table not found"],
+                        [["tag", str(labels), "--journal", str(tmp_path / "link.jsonl")], "already exists"],
+                        [["tag", str(labels), "--dry-run"], "symlink"],
                         [["tag", str(labels), "--journal", str(taken)], "already exists"],
                         [["tag", str(labels), "--min-confidence", "2"], "between 0 and 1"],
                         [["tag", str(not_labels)], "not a label table"],
@@ -386,7 +403,7 @@ def test_usage_errors_are_one_line_exit_2(tmp_path: Path) -> None:
         assert result.exit_code == 2, (args, result.output)
         assert words in result.output and "Traceback" not in result.output, (args, result.output)
         assert len(result.output.strip().splitlines()) == 1, result.output
-    assert taken.read_text() == "mine\n" and state_of(path).genre is None
+    assert taken.read_text() == "mine\n" and state_of(path).genre is None and victim.read_text() == "keep me\n"
 
 
 # ------------------------------------------------------------------------- exactly once with label's resume
