@@ -191,6 +191,11 @@ def test_dry_run_touches_nothing_and_lists_the_changes(tmp_path: Path) -> None:
     after = tree_of(tmp_path)
     del after[plan.name]
     assert after == before  # no audio file, no journal, nothing else
+    assert CliRunner().invoke(app, ["tag", str(labels), "--dry-run"]).exit_code == 0  # its own list: replaced
+    plan.write_text("my notes\n")
+    result = CliRunner().invoke(app, ["tag", str(labels), "--dry-run"])
+    assert result.exit_code == 2 and "not a dry-run list raygenre wrote" in result.output
+    assert plan.read_text() == "my notes\n"
 
 
 def test_unknown_error_and_unsure_rows_are_not_tagged_and_old_tables_work(tmp_path: Path) -> None:

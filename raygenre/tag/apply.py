@@ -368,7 +368,23 @@ def _rewrite(path: str, st: os.stat_result, cls: type[Any], state: TagState, jou
     return after
 
 
+PLAN_HEADER = "path,old_genre,new_genre\n"
+
+
+def _check_plan(path: str) -> None:
+    """Refuse, before any work, a file at the dry run's list that raygenre did not write (another header), a
+    folder or a link (``storage.OutputExistsError`` / ``UnsafePathError``)."""
+    storage.refuse_link(path)
+    local = storage.local_path(path)
+    if local is not None and local.is_file():
+        with open(local, "rb") as f:
+            head = f.read(len(PLAN_HEADER))
+        if head != PLAN_HEADER.encode():
+            raise storage.OutputExistsError(f"{path} exists and is not a dry-run list raygenre wrote; move it away")
+
+
 def _write_plan(path: str, outcomes: list[FileOutcome]) -> None:
+    _check_plan(path)
     text = io.StringIO()
     out = csv.writer(text, lineterminator="\n")
     out.writerow(["path", "old_genre", "new_genre"])
@@ -393,6 +409,8 @@ def tag_labels(labels: str, *, dry_run: bool = False, replace: bool = False, min
     if min_confidence is not None and not (0.0 <= min_confidence <= 1.0):
         raise ValueError(f"--min-confidence {min_confidence}: a probability between 0 and 1")
     rows = read_rows(labels)
+    if dry_run:
+        _check_plan(plan_path(labels))
     parts_dir = _tag_parts_dir(labels)
     moves = tagged.load(parts_dir)
     report = TagReport()
