@@ -375,7 +375,9 @@ def test_a_killed_tag_run_leaves_every_file_untouched_or_fully_tagged_and_undo_r
         assert (st.st_size, st.st_mtime_ns) == (after[str(p)]["size"], after[str(p)]["mtime_ns"])
     assert tagged_now >= 10 and untouched >= 1, (tagged_now, untouched)
     np.testing.assert_array_equal(decode(files[0]), samples)
-    assert not [n for n in os.listdir(lib) if apply.TMP_MARK in n and (lib / n).stat().st_size == 0]
+    leftovers = [n for n in os.listdir(lib) if apply.TMP_MARK in n]  # the kill may leave one (then undo removes it)
+    journaled = {r["tmp"] for r in records[1:] if r.get("state") == "copying"}
+    assert set(leftovers) <= journaled and len(leftovers) <= 1
     result = undo(str(journal))
     assert result.count("refused") == 0 and result.count("undone") == tagged_now
     assert all(state_of(p) == TagState(None, None, False) for p in files)
