@@ -379,6 +379,55 @@ def tune(
     report.tune_done(result, set_default)
 
 
+# ------------------------------------------------------------------------------------------- tag, playlists
+@app.command()
+@friendly_errors
+def tag(
+    labels: str | None = typer.Argument(None, help="Label table written by `raygenre label --out`."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would change (path, old genre, new genre) "
+                                 "and write it to LABELS.tag-plan.csv; touch no audio file."),
+    replace: bool = typer.Option(False, "--replace", help="Replace existing genre tags (the old value goes in the "
+                                 "journal). Default: files that have a genre tag are left as they are."),
+    min_confidence: float | None = typer.Option(None, "--min-confidence", help="Tag a file only when its top "
+                                                "probability is at least P (0..1), with its best guess. Default: "
+                                                "the table's genre decides (unknown is never written)."),
+    journal: str | None = typer.Option(None, "--journal", help="Undo journal to create (must not exist). "
+                                       "Default: LABELS.tag-journal-TIME.jsonl beside LABELS (TIME: now, UTC)."),
+    undo_journal: str | None = typer.Option(None, "--undo", help="Undo the tag run that wrote this journal."),
+) -> None:
+    """Write each file's label from LABELS into its genre tag (ID3 TCON, Vorbis GENRE, MP4 \u00a9gen), with the
+    confidence in raygenre's own tag, and an undo journal. Audio data is never rewritten.
+
+    Files labelled unknown, error rows, links, read-only and changed files are skipped with a reason. Exit status:
+    0 done (per-file problems are listed), 2 usage error.
+    """
+    from raygenre.tag.apply import tag_labels, undo
+
+    if undo_journal is not None:
+        if labels is not None or dry_run or replace or min_confidence is not None or journal is not None:
+            raise ConfigError("--undo JOURNAL takes no LABELS and no other option")
+        report.tag_done(undo(undo_journal), undo=True)
+        return
+    if labels is None:
+        raise ConfigError("give LABELS (a label table), or --undo JOURNAL")
+    report.tag_done(tag_labels(labels, dry_run=dry_run, replace=replace, min_confidence=min_confidence,
+                               journal=journal), dry_run=dry_run)
+
+
+@app.command()
+@friendly_errors
+def playlists(
+    labels: str = typer.Argument(..., help="Label table written by `raygenre label --out`."),
+    out: str = typer.Option(..., "--out", "-o", help="Folder for the playlists (created if missing)."),
+    overwrite: bool = typer.Option(False, help="Replace playlist files raygenre did not write (or that were "
+                                   "edited since)."),
+) -> None:
+    """One extended M3U playlist per genre (GENRE.m3u8, UTF-8, `unknown` included) from LABELS, in --out."""
+    from raygenre.tag.playlists import write_playlists
+
+    report.playlists_done(write_playlists(labels, out, overwrite=overwrite))
+
+
 # ---------------------------------------------------------------------------------------------------- demo
 @app.command()
 @friendly_errors

@@ -236,3 +236,53 @@ def demo_step(step: str, value: Any) -> None:
         console.print(f"\ndone. Try: raygenre label <your music folder>   (model: {value})")
     else:  # pragma: no cover - a step the library added without a renderer
         console.print(f"{step}: {value}")
+
+
+# ------------------------------------------------------------------------------------------------ tagging
+def _genres(values: Any) -> str:
+    return "(none)" if values is None else "; ".join(values)
+
+
+def tag_done(result: Any, *, dry_run: bool = False, undo: bool = False) -> None:
+    """`raygenre tag` (and `--undo`): one line per file changed (or that would be), refused or failed; skipped
+    files counted by reason; then where the journal or the dry run's list is."""
+    from collections import Counter
+
+    from rich.markup import escape
+
+    skipped: Counter[str] = Counter()
+    for o in result.outcomes:
+        if o.action in ("tagged", "would tag"):
+            console.print(escape(f"{o.action}: {o.path}: {_genres(o.old)} -> {o.new}"))
+        elif o.action == "undone":
+            console.print(escape(f"undone: {o.path}: genre back to {_genres(o.old)}"))
+        elif o.action in ("error", "refused"):
+            err.print(escape(f"{o.action}: {o.path}: {o.reason}"))
+        else:
+            skipped[o.reason] += 1
+    for reason, n in skipped.most_common():
+        console.print(escape(f"skipped {n} file(s): {reason}"))
+    for line in result.warnings:
+        err.print(f"[bold yellow]warning:[/] {escape(line)}")
+    if undo:
+        console.print(f"Undone: {result.count('undone')} file(s); refused: {result.count('refused')}.")
+    elif dry_run:
+        console.print(f"Dry run: {result.count('would tag')} file(s) would be tagged, none was touched; the list "
+                      f"(path, old_genre, new_genre) is in {escape(str(result.plan))}.")
+    else:
+        console.print(f"Tagged {result.count('tagged')} file(s) ({result.count('error')} errors, "
+                      f"{result.count('skipped')} skipped) in {result.seconds:.1f} s. Undo with: raygenre tag "
+                      f"--undo {escape(str(result.journal))}")
+
+
+def playlists_done(result: Any) -> None:
+    """`raygenre playlists`: one line per playlist written, then what was left out."""
+    from rich.markup import escape
+
+    for name, n in result.written:
+        console.print(escape(f"wrote {name}: {n} track(s)"))
+    for name in result.removed:
+        console.print(escape(f"removed {name}: raygenre wrote it and its genre has no file now"))
+    for line in result.warnings:
+        err.print(f"[bold yellow]warning:[/] {escape(line)}")
+    console.print(escape(f"{len(result.written)} playlist(s) in {result.out}"))

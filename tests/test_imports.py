@@ -36,6 +36,11 @@ PURE = [
     "raygenre.label.parts",
     "raygenre.label.predict",
     "raygenre.label.index",
+    "raygenre.label.tagged",
+    "raygenre.tag",
+    "raygenre.tag.tags",
+    "raygenre.tag.apply",
+    "raygenre.tag.playlists",
 ]
 
 

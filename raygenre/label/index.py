@@ -21,6 +21,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raygenre import storage
+from raygenre.label import tagged
 from raygenre.label.parts import RUN_FILE, _read_run, list_parts, safe_str
 from raygenre.label.scan import walk_shard
 
@@ -97,7 +98,15 @@ def compare(parts_dir: str, out: str, settings: dict[str, Any], root: str,
     if meta.get("parts") != _parts_of(parts_dir):
         return None
     found = walk_library(root, exts)
-    if not found.equals(index.select(_SCHEMA.names).cast(_SCHEMA).replace_schema_metadata(None)):
+    recorded_keys = index.select(_SCHEMA.names).cast(_SCHEMA).replace_schema_metadata(None)
+    moves = tagged.load(parts_dir)
+    if moves:  # files `raygenre tag` rewrote since: compare them at the (size, mtime) tagging left them with
+        cols = recorded_keys.to_pydict()
+        after = [tagged.advance(p, (s, m), moves) for p, s, m in zip(cols["path"], cols["size"], cols["mtime"],
+                                                                      strict=True)]
+        recorded_keys = pa.table({"path": cols["path"], "size": [a[0] for a in after],
+                                  "mtime": [a[1] for a in after]}, schema=_SCHEMA)
+    if not found.equals(recorded_keys):
         return None
     same = had == wanted and meta.get("out") == _out_stamp(out)
     return ("unchanged" if same else "rewrite"), dict(meta["summary"])

@@ -46,6 +46,7 @@ FLUSH_SECONDS = 30.0  # a part is also written when this long has passed since t
 PARTS_SUFFIX = ".parts"
 RUN_FILE = "run.json"  # in OUT.parts/: the model, settings and schema the parts were made with
 LOCK_FILE = ".lock"
+TAGGED_FILE = "tagged.jsonl"  # in OUT.parts/: files `raygenre tag` rewrote (raygenre/label/tagged.py reads it)
 BROKEN_DIR = "broken"  # in OUT.parts/: parts found unreadable on resume, kept for inspection
 OTHER_DIR = "other-runs"  # in OUT.parts/: parts made with another model or output schema, kept, never merged
 MAX_ERROR_EXAMPLES = 5
@@ -228,7 +229,8 @@ def survey_parts(parts_dir: str) -> PartsSurvey:
     named like one was not written by raygenre: reading it would merge someone else's rows, moving or deleting
     it would touch their file, so it is ignored); anything else unknown is ignored too."""
     survey = PartsSurvey()
-    known = {RUN_FILE, LOCK_FILE, BROKEN_DIR, OTHER_DIR, storage.LEASE}
+    # tagged.jsonl: label/tagged.py; done-index.parquet: label/index.py (which imports this module, hence the name)
+    known = {RUN_FILE, LOCK_FILE, BROKEN_DIR, OTHER_DIR, storage.LEASE, TAGGED_FILE, "done-index.parquet"}
     local = storage.local_path(parts_dir)
     if local is not None:
         st = _lstat(str(local))

@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from raygenre import storage
+from raygenre.label import tagged
 from raygenre.label.parts import list_parts, original_path, read_part, safe_str
 
 SCAN_SHARDS = 8  # read tasks; each walks the subtrees of ~1/8 of the top-level entries
@@ -235,7 +236,9 @@ def load_done(parts_dir: str, root: str, shard: int, shards: int,
         for p, s, m, mid in zip(cols["path"], cols["size"], cols["mtime"], models, strict=True):
             if mid == model and _shard_of_path(p, prefix, shards, depth) == shard:
                 done[p] = (s, m)
-    return done
+    # `raygenre tag` rewrote some files' tags (new size and mtime, same audio): their rows still count as done.
+    moves = tagged.load(parts_dir, keep=done)
+    return {p: tagged.advance(p, st, moves) for p, st in done.items()} if moves else done
 
 
 SCAN_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime", pa.float64()),
