@@ -19,8 +19,11 @@ Workers (``train_loop_per_worker``) and the single-process twin (``train_local``
       train split (``recompute_batchnorm``: cumulative average, then averaged across ranks), so validation
       and the exported model use statistics of the data, not an exponential average dragged from its initial
       values (with Keras' momentum 0.99 the eval-mode CNN sat at chance for the first few hundred steps:
-      18 % vs 50 % segment accuracy after 66 steps on real GTZAN). SyncBatchNorm needs CUDA; this works on CPU
-      too, costs one forward pass over ``BN_SAMPLE`` segments per epoch, and equals what one process gets.
+      18 % vs 50 % segment accuracy after 66 steps on real GTZAN). It costs one forward pass over
+      ``BN_SAMPLE`` segments per epoch and equals what one process gets, on CPU and on GPUs alike, so no
+      SyncBatchNorm either: that would add an all-reduce per BatchNorm layer per step (3 per cnn step) to make
+      the training-mode statistics global, where each GPU's share is already ``min_gpu_batch`` (256) segments,
+      and what validation and the exported model use is the recomputed statistics anyway.
     * Per-rank sums of loss/correct/count are all-reduced, so every rank computes the same validation metrics
       and takes the same early-stopping decision. DDP on gloo (CPU) or NCCL (GPU). The loss adds the
       tutorial's L2 term, ``weight_decay * l2_penalty()``.
