@@ -40,6 +40,7 @@ from beets import ui
 from beets.dbcore import types
 from beets.library import Item, Library
 from beets.plugins import BeetsPlugin
+from beets.util import displayable_path
 
 
 class RaygenrePlugin(BeetsPlugin):
@@ -90,7 +91,7 @@ class RaygenrePlugin(BeetsPlugin):
             row = by_path.get(safe_str(os.path.abspath(os.fsdecode(item.path)))[0])
             if row is None or row["error"] is not None or row["top_genre"] is None:
                 why = "no row came back" if row is None else row["error"] or "no genre"
-                self._log.warning("{}: not labelled: {}", ui.displayable_path(item.path), why)
+                self._log.warning("{}: not labelled: {}", displayable_path(item.path), why)
                 continue
             item["raygenre_genre"] = row["top_genre"]
             item["raygenre_confidence"] = float(row["confidence"])
@@ -99,7 +100,7 @@ class RaygenrePlugin(BeetsPlugin):
                 item.genres = [row["top_genre"]]
             item.store()
             labelled += 1
-            self._log.debug("{}: {} ({:.2f})", ui.displayable_path(item.path), row["top_genre"], row["confidence"])
+            self._log.debug("{}: {} ({:.2f})", displayable_path(item.path), row["top_genre"], row["confidence"])
         self._log.info("labelled {} of {} items", labelled, len(items))
 
     def _label_files(self, paths: list[str]) -> list[dict[str, Any]]:
