@@ -162,3 +162,14 @@ def test_auto_labels_on_import(tmp_path: Path, short_tmp: Path) -> None:
     for name in ("a.wav", "b.flac", "c.mp3"):
         assert after[name][0] and after[name][1] == after[name][0], (name, after, proc.stderr)
     assert after["short.wav"] == ["", ""]
+
+
+def test_no_model_is_one_line_not_a_traceback(tmp_path: Path, short_tmp: Path) -> None:
+    config, music, env = _library(tmp_path, short_tmp)
+    config.write_text(config.read_text().replace(str(tmp_path / "model"), str(tmp_path / "no-model")))
+    _beet(config, env, "import", "-A", "-C", "-q", str(music))
+    proc = subprocess.run([sys.executable, "-m", "beets", "-c", str(config), "raygenre"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "raygenre: no model at" in proc.stderr, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert _listing(config, env)["a.wav"] == ["", ""]
