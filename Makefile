@@ -43,11 +43,11 @@ demo: venv
 	$(BIN)/raygenre demo
 
 test: venv
-	$(BIN)/ruff check raygenre tests bench jobs
+	$(BIN)/ruff check raygenre tests bench jobs beetsplug
 	$(BIN)/python -m pytest -q -ra
 
 lint: venv
-	$(BIN)/ruff check raygenre tests bench jobs
+	$(BIN)/ruff check raygenre tests bench jobs beetsplug
 
 bench: venv
 	$(BIN)/python bench/featurize.py

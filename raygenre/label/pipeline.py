@@ -23,12 +23,13 @@ import logging
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 from ray.data.block import BlockMetadata
@@ -48,9 +49,18 @@ from raygenre.label.parts import (
     parts_dir_of,
     prepare_parts,
     run_lock,
+    with_threshold,
 )
 from raygenre.label.predict import Predictor, decode_batch, model_id
-from raygenre.label.scan import SCAN_BLOCK_ROWS, SCAN_SCHEMA, SCAN_SHARDS, library_root, scan_shard, spread_depth
+from raygenre.label.scan import (
+    SCAN_BLOCK_ROWS,
+    SCAN_SCHEMA,
+    SCAN_SHARDS,
+    library_root,
+    scan_shard,
+    spread_depth,
+    stat_files,
+)
 from raygenre.label.watchdog import ActorWatchdog
 from raygenre.model.artifact import load_model
 from raygenre.runtime import ensure_ray, wait_for_resources
@@ -171,11 +181,17 @@ def _pool_sizes(cfg: LabelConfig, resources: dict[str, float]) -> tuple[int, flo
 def _build_dataset(root: str, cfg: LabelConfig, params: FeatureParams, model_dir: str, mid: str,
                    parts_dir: str | None, resources: dict[str, float], starts: Any = None) -> Any:
     """The lazy Ray Data pipeline: scan -> decode (tasks) -> model (actor pool)."""
-    actors, actor_cpus, decoders, decode_cpus = _pool_sizes(cfg, resources)
     scan = LibraryScan(root, frozenset(e.lower().lstrip(".") for e in cfg.extensions), parts_dir, model=mid)
     # 0 CPU: scanning is I/O, and a scan task parked by back-pressure must not hold a CPU that decoding needs.
     ds = ray.data.read_datasource(scan, num_cpus=0, compute=TaskPoolStrategy(size=SCAN_CONCURRENCY),
                                   override_num_blocks=SCAN_SHARDS)  # no SplitBlocks: the blocks are small
+    return _label_stages(ds, cfg, params, model_dir, mid, resources, starts)
+
+
+def _label_stages(ds: Any, cfg: LabelConfig, params: FeatureParams, model_dir: str, mid: str,
+                  resources: dict[str, float], starts: Any = None) -> Any:
+    """Scan rows (``SCAN_SCHEMA``) -> decode (tasks) -> model (actor pool): the lazy stages after the source."""
+    actors, actor_cpus, decoders, decode_cpus = _pool_sizes(cfg, resources)
     # A read task's yielded blocks are coalesced (up to 128 MiB), so a whole shard would reach one decode task
     # as a single block: a streaming repartition re-cuts the stream (without materialising it) into blocks of
     # SCAN_BLOCK_ROWS paths. Its tasks are short but take 1 CPU, hence the 1 CPU _pool_sizes keeps free.
@@ -348,3 +364,52 @@ def label_library(library: str, out: str, cfg: LabelConfig, *, model_dir: str | 
                        genres=tally.genres.most_common(), audio_hours=audio_s / 3600,
                        seconds=time.monotonic() - t0, model=mid, synthetic=bool(model.meta.get("synthetic")),
                        error_examples=tally.error_examples, set_aside=state.set_aside.broken, warnings=warned)
+
+
+def label_files(paths: Sequence[str], cfg: LabelConfig, *, model_dir: str | None = None,
+                address: str | None = None, progress: bool = True) -> pa.Table:
+    """Label an explicit list of local files: one row per distinct path (``output_schema`` of the model's genres,
+    ``cfg.min_confidence`` applied as ``label`` applies it), in the order given, the path made absolute
+    (``scan.stat_files``).
+
+    The same pipeline as ``label_library`` with the library walk replaced by the list: the same model loading
+    (``model_dir`` defaults to the workspace's best model; ``NoModelError``), decoding, actor pool and watchdog
+    (``LabelStopped``). Nothing is written: the caller keeps the rows (the beets plugin stores them in its
+    library), so there are no parts and no resume. Bad files never raise: each gets an error row.
+    """
+    if cfg.segments_per_track < 1 or cfg.batch_size < 1:
+        raise ValueError("segments_per_track and batch_size must be at least 1")
+    model_dir = resolve_model_dir(model_dir)
+    model = load_model(model_dir)  # on the driver: its metadata (the actors load their own copy)
+    mid, genres = model_id(model, model_dir), list(model.genres)
+    schema = output_schema(genres)
+    scan = stat_files(paths)
+    if scan.num_rows == 0:
+        return schema.empty_table()
+    ensure_ray(address)
+    resources = wait_for_resources(label_needs(cfg), cfg.wait_for_workers_s, "label",
+                                   setting="label.wait_for_workers_s")
+    if cfg.gpu and resources.get("GPU", 0) < 1:
+        raise ValueError("gpu: the Ray cluster has no GPU; set label.gpu to false to label on CPUs")
+    tables = []
+    with _quiet_ray_data():
+        actors = _pool_sizes(cfg, resources)[0]
+        watchdog = ActorWatchdog(actors + cfg.actor_restarts)
+        # Blocks of SCAN_BLOCK_ROWS paths, as the library scan yields them: decoding spreads over the tasks.
+        ds = ray.data.from_arrow(scan).repartition(target_num_rows_per_block=SCAN_BLOCK_ROWS)
+        ds = _label_stages(ds, cfg, model.features, model_dir, mid, resources, watchdog.starts)
+        try:
+            with watchdog, _progress_bar(progress) as bar:
+                for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    tables.append(table.select(schema.names).cast(schema))
+                    bar.update(table.num_rows)
+        except KeyboardInterrupt:
+            if not watchdog.tripped.is_set():
+                raise
+            raise LabelStopped(f"labelling stopped: the model actors kept dying ({actors} actor(s) started "
+                               f"{watchdog.budget + 1}+ times; label.actor_restarts allows {cfg.actor_restarts} "
+                               f"restarts): out of memory, or a GPU fault? Ray's logs say why each died") from None
+    rows = with_threshold(pa.concat_tables(tables), cfg.min_confidence)
+    order = {p: i for i, p in enumerate(scan.column("path").to_pylist())}  # rows arrive in any order
+    ranks = pa.array([order[p] for p in rows.column("path").to_pylist()], type=pa.int64())
+    return rows.take(pc.sort_indices(ranks))

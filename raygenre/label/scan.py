@@ -17,7 +17,7 @@ import errno
 import os
 import stat
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -267,3 +267,39 @@ def scan_shard(root: str, shard: int, shards: int, exts: frozenset[str], parts_d
             rows = {k: [] for k in SCAN_SCHEMA.names}
     if rows["path"]:
         yield pa.table(rows, schema=SCAN_SCHEMA)
+
+
+def stat_files(paths: Iterable[str]) -> pa.Table:
+    """Scan rows (``SCAN_SCHEMA``) for an explicit list of files, as the walk would give them: one per distinct path
+    (made absolute, links kept: ``os.path.abspath``), in the order given, with an error row for a path that is
+    missing, a folder, not a regular file or too long to open. ``replaces`` is always false (nothing is resumed).
+
+    For callers that already know their files (the beets plugin: a query's items live anywhere on disk).
+    """
+    rows: dict[str, list[Any]] = {k: [] for k in SCAN_SCHEMA.names}
+    seen: set[str] = set()
+    for raw in paths:
+        path = os.path.abspath(raw)
+        stored, name_error = safe_str(path)
+        if stored in seen:
+            continue
+        seen.add(stored)
+        size, mtime, error = 0, 0.0, _too_long(path, path_max(os.path.dirname(path) or "/"))
+        if error is None:
+            try:
+                st = os.stat(path)
+                if stat.S_ISREG(st.st_mode):
+                    size, mtime = int(st.st_size), float(st.st_mtime)
+                elif stat.S_ISDIR(st.st_mode):
+                    error = "a folder, not an audio file"
+                else:  # a FIFO or device would block the decoder forever
+                    error = "not a regular file (a pipe, socket or device)"
+            except FileNotFoundError:
+                error = ("broken symbolic link: its target does not exist" if os.path.islink(path)
+                         else "file not found")
+            except OSError as exc:
+                error = f"cannot read the file's information: {_reason(exc)}"
+        for key, value in (("path", stored), ("size", size), ("mtime", mtime), ("error", error or name_error),
+                           ("replaces", False)):
+            rows[key].append(value)
+    return pa.table(rows, schema=SCAN_SCHEMA)
