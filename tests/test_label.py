@@ -592,7 +592,8 @@ def test_output_formats_hold_the_same_rows(ray_local: None, tmp_path: Path) -> N
     assert (result.files, result.errors) == (4, 1)
     schema = output_schema(GENRES)
     for fmt in ("csv", "jsonl"):
-        tally = consolidate(parts, str(tmp_path / f"labels.{fmt}"), fmt, schema)
+        tally = consolidate(parts, str(tmp_path / f"labels.{fmt}"), fmt, schema,
+                            min_confidence=cfg().min_confidence)  # what the run applied to its Parquet output
         assert (tally.files, tally.errors) == (4, 1)
     tables = {fmt: read_labels(str(tmp_path / f"labels.{fmt}")).sort_by("path") for fmt in ("parquet", "csv", "jsonl")}
     cols = ["path", "genre", "top_genre", "confidence", *[f"p_{g}" for g in GENRES], "duration_s", "segments_used",
