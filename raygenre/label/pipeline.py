@@ -214,6 +214,31 @@ def _label_stages(ds: Any, cfg: LabelConfig, params: FeatureParams, model_dir: s
                           batch_format="numpy", num_cpus=actor_cpus, **gpu_args)
 
 
+def _cluster_for(cfg: LabelConfig, address: str | None, gpu_setting: str, gpu_off: str) -> dict[str, float]:
+    """Connect to Ray and return its resources once what ``cfg`` needs is there. A cluster whose workers start on
+    demand (KubeRay groups at 0 replicas) has next to nothing yet: ask its autoscaler and wait, rather than refuse
+    (or plan the pool from the head alone). ``gpu_setting``/``gpu_off``: the GPU setting as the caller's user
+    knows it and how to turn it off, said when there is no GPU."""
+    ensure_ray(address)
+    resources = wait_for_resources(label_needs(cfg), cfg.wait_for_workers_s, "label",
+                                   setting="label.wait_for_workers_s")
+    if cfg.gpu and resources.get("GPU", 0) < 1:
+        raise ValueError(f"{gpu_setting}: the Ray cluster has no GPU; {gpu_off} to label on CPUs")
+    return resources
+
+
+def _commit(parts_dir: str, out: str, cfg: LabelConfig, schema: pa.Schema, settings: dict[str, Any], *,
+            keep_deleted: bool, model: str, overwrite: bool) -> Any:
+    """Consolidate the parts into ``out`` (``parts.consolidate``), then record the done index for the next
+    resume unless parts appeared meanwhile (the next run sets them aside: it must not be a no-op)."""
+    tally = consolidate(parts_dir, out, cfg.format, schema, keep_deleted=keep_deleted, model=model,
+                        overwrite=overwrite, min_confidence=cfg.min_confidence)
+    if not tally.skipped:
+        index.write_index(parts_dir, out, settings, pa.concat_tables(tally.keys) if tally.keys else
+                          pa.table({"path": [], "size": [], "mtime": []}), tally.summary())
+    return tally
+
+
 def _stopped_message(cause: str, parts_dir: str, rows: int) -> str:
     """One paragraph for a run that could not go on: why, what is kept, what to do."""
     return (f"labelling stopped: {cause}. The {rows} rows written by this run and all earlier ones are kept in "
@@ -304,12 +329,9 @@ def label_library(library: str, out: str, cfg: LabelConfig, *, model_dir: str | 
     with run_lock(parts_dir):
         found = index.compare(parts_dir, out, settings, root, exts) if resume else None
         if found is not None and found[0] == "rewrite":  # only an output setting changed: no Ray, no labelling
-            schema = output_schema(genres)
-            tally = consolidate(parts_dir, out, cfg.format, schema, keep_deleted=keep_deleted, model=mid,
-                                overwrite=overwrite, min_confidence=cfg.min_confidence)
+            tally = _commit(parts_dir, out, cfg, output_schema(genres), settings, keep_deleted=keep_deleted,
+                            model=mid, overwrite=overwrite)
             if not tally.skipped:
-                index.write_index(parts_dir, out, settings, pa.concat_tables(tally.keys) if tally.keys else
-                                  pa.table({"path": [], "size": [], "mtime": []}), tally.summary())
                 return LabelResult(out=str(out), format=cfg.format, files=tally.files, new=0, errors=tally.errors,
                                    genres=tally.genres.most_common(), audio_hours=0.0,
                                    seconds=time.monotonic() - t0, model=mid,
@@ -322,13 +344,7 @@ def label_library(library: str, out: str, cfg: LabelConfig, *, model_dir: str | 
                                files=summary["files"], errors=summary["errors"],
                                genres=[tuple(g) for g in summary["genres"]],
                                error_examples=[tuple(e) for e in summary["error_examples"]], unchanged=True)
-        ensure_ray(address)
-        # A cluster whose workers start on demand (KubeRay groups at 0 replicas) has next to nothing yet: ask its
-        # autoscaler and wait, rather than refuse (or plan the pool from the head alone).
-        resources = wait_for_resources(label_needs(cfg), cfg.wait_for_workers_s, "label",
-                                       setting="label.wait_for_workers_s")
-        if cfg.gpu and resources.get("GPU", 0) < 1:
-            raise ValueError("--gpu: the Ray cluster has no GPU; drop --gpu to label on CPUs")
+        resources = _cluster_for(cfg, address, "--gpu", "drop --gpu")
         state = prepare_parts(parts_dir, run, resume)
         warned = list(state.warnings)
         for line in warned:
@@ -352,14 +368,11 @@ def label_library(library: str, out: str, cfg: LabelConfig, *, model_dir: str | 
                     f"the model actors kept dying ({actors} actor(s) started {watchdog.budget + 1}+ times; "
                     f"label.actor_restarts allows {cfg.actor_restarts} restarts): out of memory, or a GPU fault? "
                     f"Ray's logs say why each died", parts_dir, writer.written)) from None
-        tally = consolidate(parts_dir, out, cfg.format, schema, keep_deleted=keep_deleted, model=mid,
-                            overwrite=overwrite, min_confidence=cfg.min_confidence)
+        tally = _commit(parts_dir, out, cfg, schema, settings, keep_deleted=keep_deleted, model=mid,
+                        overwrite=overwrite)
         for name in tally.skipped:  # appeared while the run went on; the next resume sets them aside
             warned.append(f"{storage.redact(parts_dir)}/{name}: not merged into the output")
             _warn(warned[-1])
-        if not tally.skipped:  # skipped parts are set aside by the next run: it must not be a no-op
-            index.write_index(parts_dir, out, settings, pa.concat_tables(tally.keys) if tally.keys else
-                              pa.table({"path": [], "size": [], "mtime": []}), tally.summary())
     return LabelResult(out=str(out), format=cfg.format, files=tally.files, new=new, errors=tally.errors,
                        genres=tally.genres.most_common(), audio_hours=audio_s / 3600,
                        seconds=time.monotonic() - t0, model=mid, synthetic=bool(model.meta.get("synthetic")),
@@ -386,11 +399,7 @@ def label_files(paths: Sequence[str], cfg: LabelConfig, *, model_dir: str | None
     scan = stat_files(paths)
     if scan.num_rows == 0:
         return schema.empty_table()
-    ensure_ray(address)
-    resources = wait_for_resources(label_needs(cfg), cfg.wait_for_workers_s, "label",
-                                   setting="label.wait_for_workers_s")
-    if cfg.gpu and resources.get("GPU", 0) < 1:
-        raise ValueError("gpu: the Ray cluster has no GPU; set label.gpu to false to label on CPUs")
+    resources = _cluster_for(cfg, address, "gpu", "set label.gpu to false")
     tables = []
     with _quiet_ray_data():
         actors = _pool_sizes(cfg, resources)[0]
