@@ -22,10 +22,9 @@ import pyarrow.parquet as pq
 
 from raygenre import storage
 from raygenre.label import tagged
-from raygenre.label.parts import RUN_FILE, _read_run, list_parts, safe_str
+from raygenre.label.parts import INDEX_FILE, RUN_FILE, _read_run, list_parts, safe_str
 from raygenre.label.scan import walk_shard
 
-INDEX_FILE = "done-index.parquet"
 _META = b"raygenre.done-index"
 _SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime", pa.float64())])
 

@@ -47,6 +47,7 @@ PARTS_SUFFIX = ".parts"
 RUN_FILE = "run.json"  # in OUT.parts/: the model, settings and schema the parts were made with
 LOCK_FILE = ".lock"
 TAGGED_FILE = "tagged.jsonl"  # in OUT.parts/: files `raygenre tag` rewrote (raygenre/label/tagged.py reads it)
+INDEX_FILE = "done-index.parquet"  # in OUT.parts/: what the last output holds (raygenre/label/index.py)
 BROKEN_DIR = "broken"  # in OUT.parts/: parts found unreadable on resume, kept for inspection
 OTHER_DIR = "other-runs"  # in OUT.parts/: parts made with another model or output schema, kept, never merged
 MAX_ERROR_EXAMPLES = 5
@@ -219,6 +220,11 @@ class PartsSurvey:
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (name, why): links, stray files; never touched
 
 
+def part_name(index: int) -> str:
+    """A new part's file name: ``part-<index>-<8 random hex>.parquet`` (``PART_NAME``; later runs, higher index)."""
+    return f"part-{index:06d}-{uuid.uuid4().hex[:8]}.parquet"
+
+
 def _part_key(name: str) -> tuple[int, str]:
     m = PART_NAME.fullmatch(name)
     return (int(m.group(1)) if m else -1), name
@@ -229,8 +235,7 @@ def survey_parts(parts_dir: str) -> PartsSurvey:
     named like one was not written by raygenre: reading it would merge someone else's rows, moving or deleting
     it would touch their file, so it is ignored); anything else unknown is ignored too."""
     survey = PartsSurvey()
-    # tagged.jsonl: label/tagged.py; done-index.parquet: label/index.py (which imports this module, hence the name)
-    known = {RUN_FILE, LOCK_FILE, BROKEN_DIR, OTHER_DIR, storage.LEASE, TAGGED_FILE, "done-index.parquet"}
+    known = {RUN_FILE, LOCK_FILE, BROKEN_DIR, OTHER_DIR, storage.LEASE, TAGGED_FILE, INDEX_FILE}
     local = storage.local_path(parts_dir)
     if local is not None:
         st = _lstat(str(local))
@@ -513,7 +518,7 @@ class PartWriter:
         rows = self.rows if rows is None else rows
         sink = pa.BufferOutputStream()
         pq.write_table(table.slice(0, rows), sink)
-        name = f"part-{self.index:06d}-{uuid.uuid4().hex[:8]}.parquet"
+        name = part_name(self.index)
         # durable before it counts: a part that power loss leaves empty would be taken as "labelled"
         storage.write_bytes_durable(storage.join(self.parts_dir, name), sink.getvalue().to_pybytes())
         self.index += 1
@@ -675,9 +680,8 @@ def consolidate(parts_dir: str, out: str, fmt: str, schema: pa.Schema, *, keep_d
     target = _OutputFile(out, fmt, schema, overwrite)
     # Many small parts are merged into one (newest row per path, nothing else dropped): a resume, the scan's
     # done sets and the next consolidation then read one file, not thousands (256 rows each: 39,000 at 10M).
-    merged = _OutputFile(storage.join(parts_dir, f"part-{_part_key(parts[-1].rsplit('/', 1)[-1])[0]:06d}-"
-                                                 f"{uuid.uuid4().hex[:8]}.parquet"), "parquet", schema,
-                         check=False) if len(parts) >= COMPACT_PARTS else None
+    merged = _OutputFile(storage.join(parts_dir, part_name(_part_key(parts[-1].rsplit("/", 1)[-1])[0])),
+                         "parquet", schema, check=False) if len(parts) >= COMPACT_PARTS else None
     try:
         for i, part in enumerate(parts):
             table = read_part(part).select(schema.names).cast(schema)
