@@ -23,6 +23,11 @@ writes through one. ``resolve`` does not follow links; ``remove`` unlinks a link
 one; the writers refuse a name that is a link (``UnsafePathError``) and, given the output ``root``, a path whose
 real location leaves it (``check_inside``); ``check_output`` refuses an output whose ``attempts`` folder,
 manifest or lease is a link. URIs are shown and stored with credentials removed (``redact``).
+
+Big files to S3 (``upload_file_atomic``): one upload with boto3 (multipart above ``UPLOAD_MULTIPART_THRESHOLD``),
+which S3 publishes only when it completes and which s3transfer aborts on failure; never Arrow's output stream
+(its destructor completes a multipart upload, publishing a partial object) nor a temporary key plus
+``fs.move`` (one CopyObject: refused above 5 GB, and a second full copy on the server).
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow.fs as pafs
 
@@ -190,6 +196,126 @@ def _write_local(inner: str, data: bytes, *, durable: bool, root: str | os.PathL
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+# boto3's multipart settings for upload_file_atomic (s3transfer's defaults; it raises the chunk itself so that a
+# file needs at most S3's 10,000 parts, and never goes below S3's 5 MiB). Module-level so tests can force a
+# multipart upload of a small file.
+UPLOAD_MULTIPART_THRESHOLD = 8 * 1024 * 1024
+UPLOAD_CHUNK = 8 * 1024 * 1024
+# Arrow S3 options (S3FileSystem's constructor arguments) that upload_file_atomic gives boto3, and those that
+# do not matter to one upload (bucket creation: the bucket must exist; Arrow's own write buffering). An option
+# in neither set, with a value other than its default, is refused: it would be silently ignored otherwise.
+_S3_MAPPED = frozenset({"access_key", "secret_key", "session_token", "anonymous", "region", "scheme",
+                        "endpoint_override", "tls_ca_file_path", "force_virtual_addressing", "connect_timeout",
+                        "request_timeout"})
+_S3_IRRELEVANT = frozenset({"allow_bucket_creation", "allow_bucket_deletion", "background_writes",
+                            "allow_delayed_open", "check_directory_existence_before_creation", "load_frequency"})
+_S3_DEFAULTS: dict[str, Any] = {"role_arn": "", "session_name": "", "external_id": "", "default_metadata": None,
+                                "proxy_options": {"scheme": "", "host": "", "port": -1, "username": "",
+                                                  "password": ""}}
+
+
+def _s3_option_set(name: str, value: Any) -> bool:
+    """True when an Arrow S3 option holds something other than its default (an option a later pyarrow adds
+    counts as set only when it holds a value: refusing its default would refuse every upload)."""
+    if name in _S3_DEFAULTS:
+        return bool(value != _S3_DEFAULTS[name])
+    return value not in (None, "", False) and value != {} and value != []
+
+
+def _arrow_bool(value: str) -> bool | None:
+    """Arrow's reading of a boolean URI option (true/false/1/0, any case); ``None`` for anything else."""
+    return {"true": True, "1": True, "false": False, "0": False}.get(value.strip().lower())
+
+
+def s3_client_kwargs(fs: pafs.S3FileSystem, uri: str) -> dict[str, Any]:
+    """Keyword arguments for ``boto3.client("s3", ...)`` that reach the same endpoint, with the same credentials
+    and region, as ``fs`` (what ``resolve(uri)`` returned). No network.
+
+    Read from ``fs`` itself (its pickled constructor arguments, as Ray ships it to workers), so the URI's query
+    (``endpoint_override``, ``scheme``, ``region``, ``tls_ca_file_path``), its ``KEY:SECRET@`` credentials, the
+    region Arrow asked the bucket for and ``AWS_ENDPOINT_URL`` all arrive exactly as Arrow read them; plus
+    ``tls_verify_certificates`` from the URI (Arrow accepts it but does not keep it in those arguments). No
+    credentials in ``fs`` (the usual case): boto3's own default chain, which reads the same environment
+    variables, profile files and instance/workload identity as the AWS SDK Arrow uses. Raises ``StorageError``
+    for an option that boto3 would not honour here (an assumed role, a proxy, default metadata: none can come
+    from a URI) rather than ignoring it."""
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    try:
+        opts = dict(fs.__reduce__()[1][0])
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        raise StorageError(f"{redact(uri)}: cannot read the S3 settings of this pyarrow's S3FileSystem") from None
+    unmapped = sorted(k for k, v in opts.items() if k not in _S3_MAPPED | _S3_IRRELEVANT and _s3_option_set(k, v))
+    if unmapped:
+        raise StorageError(f"{redact(uri)}: its S3 setting(s) {', '.join(unmapped)} cannot be passed on to the "
+                           f"upload (boto3); use a URI and the AWS environment variables instead")
+    kwargs: dict[str, Any] = {}
+    config: dict[str, Any] = {}
+    if opts.get("access_key"):
+        kwargs.update(aws_access_key_id=opts["access_key"], aws_secret_access_key=opts.get("secret_key") or None,
+                      aws_session_token=opts.get("session_token") or None)
+    if opts.get("anonymous"):
+        config["signature_version"] = UNSIGNED
+    if opts.get("region"):
+        kwargs["region_name"] = opts["region"]
+    scheme = opts.get("scheme") or "https"
+    endpoint = opts.get("endpoint_override") or ""
+    if endpoint:  # AWS_ENDPOINT_URL arrives with its scheme; a URI's endpoint_override=host:port takes ?scheme=
+        kwargs["endpoint_url"] = endpoint if "://" in endpoint else f"{scheme}://{endpoint}"
+    elif scheme == "http":
+        kwargs["use_ssl"] = False
+    if opts.get("tls_ca_file_path"):
+        kwargs["verify"] = opts["tls_ca_file_path"]
+    query = dict(parse_qsl(urlsplit(uri).query, keep_blank_values=True))
+    if "tls_verify_certificates" in query:
+        verify = _arrow_bool(query["tls_verify_certificates"])
+        if verify is None:
+            raise StorageError(f"{redact(uri)}: tls_verify_certificates must be true or false")
+        if not verify:
+            kwargs["verify"] = False
+    # Arrow addresses buckets by path when given an endpoint (MinIO, Ceph, moto), by virtual host otherwise
+    virtual = not endpoint or bool(opts.get("force_virtual_addressing"))
+    config["s3"] = {"addressing_style": "virtual" if virtual else "path"}
+    for arrow_key, boto_key in (("connect_timeout", "connect_timeout"), ("request_timeout", "read_timeout")):
+        if isinstance(opts.get(arrow_key), (int, float)) and opts[arrow_key] > 0:
+            config[boto_key] = opts[arrow_key]
+    kwargs["config"] = Config(**config)
+    return kwargs
+
+
+def upload_file_atomic(source: str | os.PathLike[str] | BinaryIO, uri: str) -> None:
+    """Upload ``source`` (a local file name, or a binary file open for reading, read from its start) to the S3
+    object ``uri`` in one upload: S3 makes the object visible only when the upload completes, so readers see the
+    old object or the whole new one, never part of it. Above ``UPLOAD_MULTIPART_THRESHOLD`` a multipart upload
+    (any size up to S3's 5 TB, unlike a CopyObject's 5 GB), which s3transfer aborts if any part fails, so a
+    failure leaves the object at ``uri`` as it was. The client reaches what ``resolve(uri)`` reaches
+    (``s3_client_kwargs``). Raises ``StorageError`` (one line, redacted) when the upload fails or ``uri`` is not
+    an S3 URI."""
+    import boto3
+    from boto3.exceptions import S3UploadFailedError
+    from boto3.s3.transfer import TransferConfig
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    fs, inner = resolve(uri)
+    if not isinstance(fs, pafs.S3FileSystem):
+        raise StorageError(f"{redact(uri)}: upload_file_atomic writes S3 objects only")
+    bucket, _, key = inner.partition("/")
+    config = TransferConfig(multipart_threshold=UPLOAD_MULTIPART_THRESHOLD, multipart_chunksize=UPLOAD_CHUNK,
+                            # s3transfer's own client: its abort-on-failure is what the guarantee rests on
+                            preferred_transfer_client="classic")
+    try:
+        client = boto3.client("s3", **s3_client_kwargs(fs, uri))
+        if isinstance(source, (str, os.PathLike)):
+            client.upload_file(os.fspath(source), bucket, key, Config=config)
+        else:
+            source.seek(0)
+            client.upload_fileobj(source, bucket, key, Config=config)
+    except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
+        raise StorageError(f"{redact(uri)}: the upload failed, the object there is unchanged: "
+                           f"{_first_line(exc)}") from None
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *,
