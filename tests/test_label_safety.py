@@ -6,10 +6,14 @@ Every crafted input asserts its victim byte-for-byte unchanged, or the exact row
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +31,7 @@ from raygenre.config import load_config
 from raygenre.label.parts import (
     BROKEN_DIR,
     OTHER_DIR,
+    PART_NAME,
     RUN_FILE,
     PartWriter,
     ResumeMismatchError,
@@ -452,6 +457,159 @@ def test_resume_state_on_s3(s3: str) -> None:
     assert fs.get_file_info(f"{inner}/{OTHER_DIR}/part-000001-0000bbbb.parquet").type == pafs.FileType.File
     consolidate(parts, f"{s3}/labels.parquet", "parquet", output_schema(GENRES), keep_deleted=True, model=MID)
     assert read_labels(f"{s3}/labels.parquet").column("path").to_pylist() == ["/lib/a.wav"]
+
+
+# ------------------------------------------------------------------- 3b. S3 outputs: one upload, no copy
+MIB = 1024 * 1024
+
+
+@contextlib.contextmanager
+def s3_requests(fail: Callable[[str, Any], None] | None = None) -> Iterator[list[str]]:
+    """The S3 operations boto3 sends while inside (``UploadPart`` etc., in order), through a fresh default
+    session: the handler reaches every client made from it. ``fail(operation, request)`` may raise to make
+    that request fail as a dropped connection would, before it leaves (the server never sees it)."""
+    import boto3
+
+    boto3.setup_default_session()
+    sent: list[str] = []
+
+    def before_send(request: Any, event_name: str, **_: Any) -> None:
+        operation = event_name.rsplit(".", 1)[-1]
+        sent.append(operation)
+        if fail is not None:
+            fail(operation, request)
+
+    boto3.DEFAULT_SESSION.events.register("before-send.s3", before_send)
+    try:
+        yield sent
+    finally:
+        boto3.DEFAULT_SESSION = None  # the next boto3.client() gets a session without the handler
+
+
+def spool_fds(spool: Path) -> list[str]:
+    """This process's open files in ``spool`` (a TemporaryFile has no name there, only an open descriptor)."""
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(f"{spool}/"):
+                fds.append(target)
+    return fds
+
+
+def s3_keys(uri: str) -> list[str]:
+    """Every object under an s3:// prefix, relative to it."""
+    fs, inner = storage.resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True, allow_not_found=True))
+    return sorted(i.path[len(inner) + 1:] for i in infos if i.type == pafs.FileType.File)
+
+
+def test_an_s3_output_is_one_upload_of_the_bytes_a_local_run_writes(s3: str, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every format: the key holds exactly the local output's bytes, sent as one PutObject (no temporary key,
+    no copy); the local spool existed during the upload and is gone after it."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    schema = output_schema(GENRES)
+    table = rows([f"/lib/{i}.wav" for i in range(300)])
+    for fmt in ("parquet", "csv", "jsonl"):
+        local, remote = tmp_path / f"labels.{fmt}", f"{s3}/labels.{fmt}"
+        write_part(Path(parts_dir_of(str(local))), table)
+        write_part(parts_dir_of(remote), table)  # type: ignore[arg-type] - write_part takes a URI as well
+        consolidate(parts_dir_of(str(local)), str(local), fmt, schema, keep_deleted=True)
+        during: list[list[str]] = []
+
+        def look(op: str, _: Any, during: list[list[str]] = during) -> None:
+            if op == "PutObject":
+                during.append(spool_fds(spool))
+
+        with s3_requests(look) as sent:
+            consolidate(parts_dir_of(remote), remote, fmt, schema, keep_deleted=True)
+        assert [op for op in sent if op not in ("HeadObject", "ListObjectsV2", "GetObject")] == ["PutObject"]
+        assert len(during) == 1 and len(during[0]) == 1 and during[0][0].endswith("(deleted)")  # the spool, open
+        assert storage.read_bytes(remote) == local.read_bytes()
+    parts = [k for k in s3_keys(s3) if ".parts/" in k]
+    assert sorted(set(s3_keys(s3)) - set(parts)) == ["labels.csv", "labels.jsonl", "labels.parquet"]  # no temp
+    assert all(PART_NAME.fullmatch(k.rsplit("/", 1)[1]) or k.endswith(".parts/" + RUN_FILE) for k in parts)
+    assert spool_fds(spool) == [] and list(spool.iterdir()) == []
+
+
+def test_an_s3_upload_that_fails_mid_way_leaves_the_old_object_and_no_spool(s3: str, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A multipart upload whose second part fails (the connection drops before it is sent): one clear line,
+    the upload aborted, the previous output at the key byte-for-byte as it was, nothing left on disk."""
+    from botocore.exceptions import EndpointConnectionError
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    monkeypatch.setattr(storage, "UPLOAD_MULTIPART_THRESHOLD", 5 * MIB)
+    monkeypatch.setattr(storage, "UPLOAD_CHUNK", 5 * MIB)  # S3's smallest part
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # no retries of the failed part: the test need not wait for them
+    schema = output_schema(GENRES)
+    out = f"{s3}/labels.jsonl"
+    write_part(parts_dir_of(out), rows(["/lib/old.wav"]))  # type: ignore[arg-type]
+    consolidate(parts_dir_of(out), out, "jsonl", schema, keep_deleted=True)
+    before = storage.read_bytes(out)
+    # ~12 MB of JSON lines: three parts of 5 MiB, 5 MiB and the rest
+    write_part(parts_dir_of(out), rows([f"/lib/{'d' * 1000}/{i:05d}.wav" for i in range(10_000)]))  # type: ignore
+
+    def drop_part_2(operation: str, request: Any) -> None:
+        if operation == "UploadPart" and "partNumber=2" in request.url:
+            raise EndpointConnectionError(endpoint_url=request.url.split("?")[0])
+
+    secret_out = out.replace("s3://", "s3://raygenre-test:TOPSECRET@")  # moto takes any key
+    with s3_requests(drop_part_2) as sent, pytest.raises(storage.StorageError) as err:
+        consolidate(parts_dir_of(out), secret_out, "jsonl", schema, keep_deleted=True)
+    message = str(err.value)
+    assert message.startswith(f"{out}: the upload failed, the object there is unchanged: Could not connect")
+    assert "\n" not in message and "TOPSECRET" not in message
+    assert "CreateMultipartUpload" in sent and "AbortMultipartUpload" in sent
+    assert "CompleteMultipartUpload" not in sent and "PutObject" not in sent and "CopyObject" not in sent
+    assert storage.read_bytes(out) == before
+    import boto3
+    bucket, prefix = storage.resolve(out)[1].split("/", 1)
+    assert boto3.client("s3").list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", []) == []
+    assert [k for k in s3_keys(s3) if ".parts/" not in k] == ["labels.jsonl"]
+    assert spool_fds(spool) == [] and list(spool.iterdir()) == []
+    # the same output without the failure: the multipart upload completes, the new rows are there
+    with s3_requests() as sent:
+        consolidate(parts_dir_of(out), out, "jsonl", schema, keep_deleted=True)
+    assert sent.count("UploadPart") == 3 and "CompleteMultipartUpload" in sent
+    assert read_labels(out).num_rows == 10_001
+
+
+def test_the_upload_reaches_the_endpoint_region_and_credentials_the_uri_names(s3: str, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``?endpoint_override=...&scheme=http`` and ``KEY:SECRET@`` reach boto3 as Arrow read them (no
+    AWS_ENDPOINT_URL: only the URI names the moto server); an option boto3 would not honour is refused."""
+    endpoint = os.environ["AWS_ENDPOINT_URL"].split("://", 1)[1]
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    query = f"?endpoint_override={endpoint}&scheme=http&region=us-east-1"
+    uri = f"{s3.replace('s3://', 's3://AKIDTEST:TOPSECRET@')}/direct.bin{query}"
+    data = os.urandom(3000)
+    (tmp_path / "direct.bin").write_bytes(data)
+    storage.upload_file_atomic(tmp_path / "direct.bin", uri)
+    assert storage.read_bytes(uri) == data
+    kwargs = storage.s3_client_kwargs(storage.resolve(uri)[0], uri)
+    assert kwargs["endpoint_url"] == f"http://{endpoint}" and kwargs["region_name"] == "us-east-1"
+    assert kwargs["aws_access_key_id"] == "AKIDTEST" and kwargs["aws_secret_access_key"] == "TOPSECRET"
+    assert kwargs["config"].s3 == {"addressing_style": "path"}
+    unverified = "s3://bucket/x?region=eu-west-1&endpoint_override=s3.example:9000&tls_verify_certificates=false"
+    kwargs = storage.s3_client_kwargs(storage.resolve(unverified)[0], unverified)
+    assert kwargs["verify"] is False and kwargs["region_name"] == "eu-west-1"
+    assert kwargs["endpoint_url"] == "https://s3.example:9000"
+    with pytest.raises(storage.StorageError, match="role_arn cannot be passed on to the upload"):
+        storage.s3_client_kwargs(pafs.S3FileSystem(region="us-east-1", role_arn="arn:aws:iam::1:role/r"), s3)
+    # nothing listens there: one line, no secret
+    dead = f"{s3.replace('s3://', 's3://AKIDTEST:TOPSECRET@')}/x.bin?endpoint_override=127.0.0.1:1&scheme=http" \
+           f"&region=us-east-1"
+    with pytest.raises(storage.StorageError) as err:
+        storage.upload_file_atomic(tmp_path / "direct.bin", dead)
+    assert str(err.value).startswith(f"{storage.redact(dead)}: the upload failed, the object there is unchanged:")
+    assert "TOPSECRET" not in str(err.value) and "\n" not in str(err.value)
 
 
 # -------------------------------------------------------------------------------------- 4. path identity

@@ -3,8 +3,9 @@
 ``OUT.parts/`` holds ``part-<n>-<uuid>.parquet`` (each written whole and fsynced before it counts; numbered, so a
 later run's parts sort after an earlier one's), ``run.json`` (the model, settings and output schema the parts were
 made with; fsynced) and a lock. ``consolidate`` streams the parts into ``OUT`` (Parquet, CSV or JSON Lines, written
-under a temporary name and renamed) with exactly one row per file: the newest row per path wins, rows of files no
-longer on disk are dropped. ``OUT.parts/`` stays as the resume state. Pure: no Ray.
+under a temporary name and renamed; on S3 spooled locally, then one upload) with exactly one row per file: the
+newest row per path wins, rows of files no longer on disk are dropped. ``OUT.parts/`` stays as the resume state.
+Pure: no Ray.
 
 What raygenre did not write is never deleted, moved or written through (local paths; object stores have no
 links): ``check_label_output`` refuses, before any work, an ``OUT`` that is a folder, a symlink or a file that is
@@ -24,6 +25,7 @@ import json
 import os
 import re
 import stat
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -555,11 +557,18 @@ class _Tally:
 
 
 class _OutputFile:
-    """Streams tables into one Parquet/CSV/JSONL file under a temporary name; ``commit`` renames it.
+    """Streams tables into one Parquet/CSV/JSONL file under a temporary name; ``commit`` publishes it whole.
 
     Locally the temporary is created exclusively and without following links (``O_EXCL | O_NOFOLLOW``) and
     fsynced before the rename; the rename replaces the directory entry at ``out`` (a link there is replaced
     itself, its target never written).
+
+    S3: the file is spooled to a local temporary file (``tempfile.TemporaryFile`` in ``$TMPDIR``: it has no name,
+    so the kernel frees it however the process ends, even killed), fsynced, checked, then uploaded to ``out`` in
+    one upload (``storage.upload_file_atomic``): no temporary key, no CopyObject (refused above 5 GB), and a
+    failed upload is aborted, leaving the object at ``out`` as it was. ``$TMPDIR`` needs room for the output.
+    Other object stores (gs://, ...): a temporary key, then Arrow's ``move`` (boto3 speaks only S3; the 5 GB
+    single-copy limit is S3's CopyObject's).
     """
 
     def __init__(self, out: str, fmt: str, schema: pa.Schema, overwrite: bool = False, check: bool = True) -> None:
@@ -567,12 +576,19 @@ class _OutputFile:
         self.fs, self.inner = storage.resolve(out)
         parent, name = self.inner.rsplit("/", 1)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.s3 = isinstance(self.fs, pafs.S3FileSystem)
         self.tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
         self.sink: Any
         if self.local:
             os.makedirs(parent or "/", exist_ok=True)
             fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
             self.sink = open(fd, "wb")  # noqa: SIM115 - closed in close()
+        elif self.s3:
+            # Not Arrow's S3 output stream: it has no abort, and its destructor completes the multipart upload,
+            # so a failure mid-way would publish part of the output. The client settings are read now, before
+            # the whole output is spooled, so that one boto3 cannot honour fails first.
+            storage.s3_client_kwargs(self.fs, out)
+            self.sink = tempfile.TemporaryFile(prefix=f".{name}.raygenre-upload-")  # noqa: SIM115 - in close()
         else:
             self.fs.create_dir(parent, recursive=True)
             self.sink = self.fs.open_output_stream(self.tmp)
@@ -613,16 +629,25 @@ class _OutputFile:
         self._drain()
         if self.writer is not None:
             self.writer.close()
-        if self.local and not self.sink.closed:
+        if (self.local or self.s3) and not self.sink.closed:
+            # S3's spool too: a write the disk could not hold (full, quota) fails here, not as a short upload
             self.sink.flush()
             os.fsync(self.sink.fileno())
-        self.sink.close()
+        if not self.s3:  # the spool stays open until it is uploaded (closing it frees it)
+            self.sink.close()
 
     def commit(self) -> None:
+        """Publish the output at ``out`` whole (after ``check_label_output`` once more, unless ``check`` is off)."""
         self.close()
         # Checked again at the end: a run takes hours, and what appeared at OUT meanwhile is not ours to replace.
         if self.check:
             check_label_output(self.out, overwrite=self.overwrite)
+        if self.s3:
+            try:
+                storage.upload_file_atomic(self.sink, self.out)
+            finally:
+                self.sink.close()
+            return
         if not self.local:
             self.fs.move(self.tmp, self.inner)
             return
@@ -634,11 +659,14 @@ class _OutputFile:
             os.close(fd)
 
     def abort(self) -> None:
+        """Drop the output: delete the temporary (S3: close the spool, which frees it; nothing was uploaded)."""
         self.pending = []  # nothing more is written: the temporary goes
         with contextlib.suppress(Exception):
             self.close()
         with contextlib.suppress(Exception):
-            if self.local:
+            if self.s3:
+                self.sink.close()
+            elif self.local:
                 os.unlink(self.tmp)
             else:
                 self.fs.delete_file(self.tmp)
@@ -656,13 +684,13 @@ def with_threshold(table: pa.Table, min_confidence: float) -> pa.Table:
 
 def consolidate(parts_dir: str, out: str, fmt: str, schema: pa.Schema, *, keep_deleted: bool = False,
                 model: str | None = None, overwrite: bool = False, min_confidence: float = 0.0) -> _Tally:
-    """Stream the parts into ``out`` in ``fmt`` (atomically: a temporary file, then a rename); count rows.
+    """Stream the parts into ``out`` in ``fmt`` (atomically: ``_OutputFile``); count rows.
 
     Exactly one row per file: where runs labelled a path more than once (it changed between runs), the row of
     the latest part wins; rows of files no longer in the library are dropped unless ``keep_deleted``, and so is
     a folder's error row ("cannot list this folder") once that folder can be listed (its files have rows then).
     Parts of another ``schema`` or (given) ``model`` are never merged: they are skipped and named in
-    ``skipped``. ``out`` goes through ``check_label_output`` again before the rename. ``min_confidence``:
+    ``skipped``. ``out`` goes through ``check_label_output`` again before it is published. ``min_confidence``:
     ``with_threshold`` (applied here, not in the parts: changing it relabels nothing).
     """
     parts = []
