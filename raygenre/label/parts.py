@@ -455,7 +455,8 @@ def check_label_output(out: str, *, overwrite: bool) -> None:
     """Refuse ``out`` before any work unless it is absent, a label table raygenre wrote (replaced by a rerun),
     or (with ``overwrite``) another file. A folder is always refused. A local symlink is refused; with
     ``overwrite`` the link itself is replaced (the final rename replaces the link, never its target). Then
-    ``check_parts_dir``. Raises ``OutputExistsError`` (``UnsafePathError`` for links)."""
+    ``check_parts_dir``. Raises ``OutputExistsError`` (``UnsafePathError`` for links); ``StorageError`` for an S3
+    ``out`` whose settings the final upload could not use (``storage.s3_client_kwargs``)."""
     shown = storage.redact(out)
     again = "choose another --out, or pass --overwrite to replace it"
     local = storage.local_path(out)
@@ -482,6 +483,8 @@ def check_label_output(out: str, *, overwrite: bool) -> None:
             raise storage.OutputExistsError(f"{shown}: {parent} is not a folder, so --out cannot be written there")
     else:
         fs, inner = storage.resolve(out)
+        if isinstance(fs, pafs.S3FileSystem):  # the end-of-run upload's client settings: refused now, not then
+            storage.s3_client_kwargs(fs, out)
         kind = fs.get_file_info(inner).type
         if kind == pafs.FileType.Directory:
             raise storage.OutputExistsError(f"{shown} is a folder; --out names the output file "
@@ -563,7 +566,7 @@ class _OutputFile:
     fsynced before the rename; the rename replaces the directory entry at ``out`` (a link there is replaced
     itself, its target never written).
 
-    S3: the file is spooled to a local temporary file (``tempfile.TemporaryFile`` in ``$TMPDIR``: it has no name,
+    S3: the file is spooled to a local temporary file (``tempfile.TemporaryFile`` in ``$TMPDIR``: unlinked at once,
     so the kernel frees it however the process ends, even killed), fsynced, checked, then uploaded to ``out`` in
     one upload (``storage.upload_file_atomic``): no temporary key, no CopyObject (refused above 5 GB), and a
     failed upload is aborted, leaving the object at ``out`` as it was. ``$TMPDIR`` needs room for the output.
