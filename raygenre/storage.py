@@ -286,20 +286,22 @@ def s3_client_kwargs(fs: pafs.S3FileSystem, uri: str) -> dict[str, Any]:
     return kwargs
 
 
-def upload_file_atomic(source: str | os.PathLike[str] | BinaryIO, uri: str) -> None:
+def upload_file_atomic(source: str | os.PathLike[str] | BinaryIO, uri: str, *,
+                       resolved: tuple[pafs.FileSystem, str] | None = None) -> None:
     """Upload ``source`` (a local file name, or a binary file open for reading, read from its start) to the S3
     object ``uri`` in one upload: S3 makes the object visible only when the upload completes, so readers see the
     old object or the whole new one, never part of it. Above ``UPLOAD_MULTIPART_THRESHOLD`` a multipart upload
     (any size up to S3's 5 TB, unlike a CopyObject's 5 GB), which s3transfer aborts if any part fails, so a
     failure leaves the object at ``uri`` as it was. The client reaches what ``resolve(uri)`` reaches
     (``s3_client_kwargs``). Raises ``StorageError`` (one line, redacted) when the upload fails or ``uri`` is not
-    an S3 URI."""
+    an S3 URI. ``resolved``: what ``resolve(uri)`` returned, when the caller holds it (resolving an S3 URI without a
+    region asks the bucket: a network call)."""
     import boto3
     from boto3.exceptions import S3UploadFailedError
     from boto3.s3.transfer import TransferConfig
     from botocore.exceptions import BotoCoreError, ClientError
 
-    fs, inner = resolve(uri)
+    fs, inner = resolved or resolve(uri)
     if not isinstance(fs, pafs.S3FileSystem):
         raise StorageError(f"{redact(uri)}: upload_file_atomic writes S3 objects only")
     bucket, _, key = inner.partition("/")

@@ -568,7 +568,7 @@ class _OutputFile:
 
     S3: the file is spooled to a local temporary file (``tempfile.TemporaryFile`` in ``$TMPDIR``: unlinked at once,
     so the kernel frees it however the process ends, even killed), fsynced, checked, then uploaded to ``out`` in
-    one upload (``storage.upload_file_atomic``): no temporary key, no CopyObject (refused above 5 GB), and a
+    one upload (``storage.upload_file_atomic``): no temporary key, no CopyObject (S3 refuses one above 5 GB), and a
     failed upload is aborted, leaving the object at ``out`` as it was. ``$TMPDIR`` needs room for the output.
     Other object stores (gs://, ...): a temporary key, then Arrow's ``move`` (boto3 speaks only S3; the 5 GB
     single-copy limit is S3's CopyObject's).
@@ -647,7 +647,7 @@ class _OutputFile:
             check_label_output(self.out, overwrite=self.overwrite)
         if self.s3:
             try:
-                storage.upload_file_atomic(self.sink, self.out)
+                storage.upload_file_atomic(self.sink, self.out, resolved=(self.fs, self.inner))
             finally:
                 self.sink.close()
             return
